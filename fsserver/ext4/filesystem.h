@@ -1,0 +1,137 @@
+// Filesystem: the ext4 filesystem operations the server exposes, in ext4's terms. No wire
+// structs here (dispatch converts); node ids are ext4 inode numbers (the root is inode 2; the
+// wire codec translates FUSE_ROOT_ID).
+//
+// Thread-safety: every method may be called concurrently from any thread. Metadata work runs
+// under the ext2 metadata lock; file data moves through the BlockDevice outside it.
+// Ownership: owns the Ext2Fs and the iomap Engine.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/result.h"
+#include "base/strong_id.h"
+#include "ext2/ext2_fs.h"
+
+namespace iomapfs::ext4 {
+
+inline constexpr Ino kRootIno{2};  // EXT2_ROOT_INO
+
+struct Timestamp {
+  int64_t sec = 0;
+  uint32_t nsec = 0;
+  bool operator==(const Timestamp&) const = default;
+};
+
+// What stat/statx show of an inode, as kernel ext4 reports it.
+struct Attr {
+  Ino ino;
+  uint32_t mode = 0;  // S_IFMT | permission bits
+  uint32_t nlink = 0;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  dev_t rdev = 0;  // makedev(major, minor) for device nodes, else 0
+  uint64_t size = 0;
+  uint64_t blocks = 0;  // 512-byte units, as st_blocks
+  uint32_t blksize = 0;
+  Timestamp atime, mtime, ctime;
+  Timestamp btime;  // valid only if has_btime (i_crtime present)
+  bool has_btime = false;
+  uint32_t generation = 0;
+  uint64_t statx_attributes = 0;  // STATX_ATTR_* (immutable, append, nodump, compressed, ...)
+};
+
+struct StatFs {
+  uint64_t blocks = 0, bfree = 0, bavail = 0;  // in units of bsize
+  uint64_t files = 0, ffree = 0;
+  uint32_t bsize = 0, frsize = 0, namelen = 0;
+};
+
+struct DirEntry {
+  Ino ino;
+  uint32_t type = 0;  // DT_*
+  std::string name;
+};
+
+struct Caller {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t pid = 0;
+};
+
+struct Options {
+  bool fakeroot = false;  // every caller is treated as root for permission checks
+};
+
+class Filesystem {
+ public:
+  Filesystem(std::unique_ptr<ext2::Ext2Fs> fs, const Options& options);
+  ~Filesystem();
+
+  uint32_t block_size() const;
+  bool read_only() const;
+
+  // Each successful Lookup (and each READDIRPLUS entry handed out) counts one kernel reference
+  // on the inode; Forget() returns them. Per-inode caches live while references remain.
+  // Errors: ENOENT, ENOTDIR, ENAMETOOLONG (name > 255 bytes), EUCLEAN, EIO.
+  Result<Attr> Lookup(Ino parent, std::string_view name);
+  void Forget(Ino ino, uint64_t nlookup);
+
+  // Errors: ENOENT (unused inode), EUCLEAN (bad checksum), EIO.
+  Result<Attr> GetAttr(Ino ino);
+  // Errors: EINVAL (not a symlink), EUCLEAN, EIO.
+  Result<std::string> ReadLink(Ino ino);
+
+  // Opens a directory: takes a snapshot of its entries ("." and ".." first) served by ReadDir.
+  // Errors: ENOTDIR, EUCLEAN, EIO.
+  Result<FileHandle> OpenDir(Ino ino);
+  // Emits entries of the snapshot starting at `offset` (0 = start; otherwise a value this method
+  // passed as next_offset). `emit` returns false when the reply is full: that entry is not
+  // consumed. With `plus`, `attr` is the entry's attributes (nullptr for "." and "..", which the
+  // kernel does not reference); each accepted non-null attr counts one Lookup reference.
+  // Errors: EBADF (unknown handle), EUCLEAN, EIO.
+  using DirEmit = std::function<bool(const DirEntry& entry, const Attr* attr, uint64_t next_offset)>;
+  Result<void> ReadDir(Ino ino, FileHandle fh, uint64_t offset, bool plus, const DirEmit& emit);
+  void ReleaseDir(FileHandle fh);
+
+  // Errors: EISDIR (write access to a directory), EROFS (write on a read-only filesystem).
+  Result<FileHandle> Open(Ino ino, int flags);
+  void Release(FileHandle fh);
+  // Reads up to buf.size() bytes at `offset`, short only at EOF. Goes through the iomap engine:
+  // mapping under the metadata lock, one device read per mapping outside it.
+  // Returns: bytes read (0 at or past EOF). Errors: EISDIR, EUCLEAN (corrupt mapping), EIO.
+  Result<size_t> Read(Ino ino, uint64_t offset, std::span<std::byte> buf);
+
+  // SEEK_DATA / SEEK_HOLE (also SEEK_SET/SEEK_CUR/SEEK_END for completeness).
+  // Errors: ENXIO (offset at or past EOF for DATA/HOLE, or no data after offset), EINVAL.
+  Result<uint64_t> Lseek(Ino ino, uint64_t offset, int whence);
+
+  Result<StatFs> StatFs();
+
+  // Full names ("user.foo", "trusted.x", "security.selinux", "system.posix_acl_access").
+  // POSIX ACLs come back in the xattr format the kernel uses (posix_acl_xattr_header), not
+  // ext4's on-disk format. Errors: ENODATA, EUCLEAN, EIO.
+  Result<std::vector<std::byte>> GetXattr(Ino ino, std::string_view name);
+  Result<std::vector<std::string>> ListXattr(Ino ino);
+
+  // access(2) semantics by mode bits, owner, group and ACL (root bypasses rw; x needs one x bit).
+  // Errors: EACCES, EROFS (W_OK on a read-only filesystem).
+  Result<void> Access(Ino ino, int mask, const Caller& caller);
+
+  // Flushes and closes the filesystem. Returns the first error.
+  Result<void> Close();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace iomapfs::ext4
