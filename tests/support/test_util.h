@@ -1,0 +1,50 @@
+// Test support: temporary directories, running commands, making ext4 images.
+//
+// Thread-safety: none needed (tests are single-threaded unless they say otherwise).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace iomapfs::testing {
+
+// A fresh directory under $TMPDIR (or /tmp), removed recursively on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct CommandResult {
+  int exit_code = -1;  // -1 if it did not exit normally
+  std::string output;  // stdout and stderr together
+};
+
+// Runs `argv` (no shell) and collects its output.
+CommandResult Run(const std::vector<std::string>& argv);
+// Runs a shell command line (for tests that need pipes or redirection).
+CommandResult RunShell(const std::string& command_line);
+
+// Creates `path` as a `size_bytes` sparse file and runs mke2fs on it:
+//   mke2fs -q -F -t <fs_type> <extra_args...> [-d source_dir] path
+// Returns an empty string on success, else mke2fs's output.
+std::string MakeImage(const std::string& path, uint64_t size_bytes, const std::string& fs_type,
+                      const std::vector<std::string>& extra_args,
+                      const std::string& source_dir = "");
+
+// Runs `e2fsck -fn` on the image. Returns true if it is clean; *output gets its output.
+bool FsckClean(const std::string& image, std::string* output = nullptr);
+
+bool IsRoot();
+// Writes `data` to `path` (creating it), returns false on error.
+bool WriteFile(const std::string& path, const std::string& data);
+
+}  // namespace iomapfs::testing
