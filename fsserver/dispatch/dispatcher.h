@@ -1,0 +1,64 @@
+// Dispatcher: the one opcode-indexed table from decoded FUSE requests to filesystem operations.
+// It decodes (wire), calls ext4::Filesystem, encodes the reply and sends it to the sink the
+// request came from. Transports share it; none has a table of its own.
+//
+// Connection state negotiated at INIT (protocol minor, flags, max_write) lives here.
+// Thread-safety: Handle() runs concurrently on every worker thread. INIT is the first request
+// the kernel sends and no other arrives before its reply, so negotiated state is written once
+// before any concurrent reader (published with release/acquire).
+// Ownership: borrows the Filesystem, which must outlive the Dispatcher.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "fsserver/dispatch/handler.h"
+#include "fsserver/ext4/filesystem.h"
+
+namespace iomapfs::dispatch {
+
+struct DispatcherOptions {
+  bool read_only = true;
+  bool debug = false;  // log every request and its result
+  // How long the kernel may cache entries and attributes. Long for read-only images, since
+  // nothing changes them behind the kernel's back.
+  uint32_t entry_timeout_sec = 3600;
+  uint32_t attr_timeout_sec = 3600;
+  // Largest WRITE payload / READ size negotiated (FUSE_MAX_PAGES; the kernel clamps to its
+  // fs.fuse.max_pages_limit).
+  uint32_t max_io_bytes = 1u << 20;
+};
+
+// Counters for tests and debugging.
+struct DispatchStats {
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> decode_errors{0};
+  std::atomic<uint64_t> unknown_opcodes{0};
+};
+
+class Dispatcher final : public RequestHandler {
+ public:
+  Dispatcher(ext4::Filesystem& fs, const DispatcherOptions& options);
+
+  void Handle(std::span<const std::byte> msg, ReplySink& sink) override;
+  size_t MaxRequestSize() const override;
+
+  // True once INIT was answered; the negotiated protocol minor (0 before).
+  bool initialized() const { return minor_.load(std::memory_order_acquire) != 0; }
+  uint32_t minor() const { return minor_.load(std::memory_order_acquire); }
+  uint64_t init_flags() const { return init_flags_.load(std::memory_order_acquire); }
+  bool destroyed() const { return destroyed_.load(); }
+  const DispatchStats& stats() const { return stats_; }
+
+ private:
+  struct Context;
+
+  ext4::Filesystem& fs_;
+  DispatcherOptions options_;
+  std::atomic<uint32_t> minor_{0};
+  std::atomic<uint64_t> init_flags_{0};  // flags we enabled (offered by the kernel and wanted)
+  std::atomic<bool> destroyed_{false};
+  DispatchStats stats_;
+};
+
+}  // namespace iomapfs::dispatch

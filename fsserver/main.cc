@@ -1,0 +1,305 @@
+// iomapfs: serve an ext4 image or block device through FUSE.
+//
+// libfuse3 is used for option parsing and mounting only (fusermount3 when not root); the
+// request loop, wire codec and filesystem are this project's own (DESIGN.md).
+
+#include <fuse3/fuse_lowlevel.h>
+#include <fuse3/fuse_opt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "base/log.h"
+#include "ext2/ext2_fs.h"
+#include "fsserver/dispatch/dispatcher.h"
+#include "fsserver/ext4/filesystem.h"
+#include "fsserver/session/session.h"
+
+namespace iomapfs {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: iomapfs IMAGE MOUNTPOINT [-o OPTION[,OPTION...]] [-f] [-d]\n"
+    "\n"
+    "Serve the ext2/ext3/ext4 filesystem in IMAGE (an image file or a block device)\n"
+    "at MOUNTPOINT through FUSE. Unmount with `umount MOUNTPOINT` (as root) or\n"
+    "`fusermount3 -u MOUNTPOINT`; SIGINT and SIGTERM unmount too.\n"
+    "\n"
+    "options:\n"
+    "  -f                 stay in the foreground (default: daemonize once mounted)\n"
+    "  -d                 debug: log every request (implies -f)\n"
+    "  -h, --help         print this help and exit\n"
+    "  -V, --version      print the version and exit\n"
+    "\n"
+    "mount options (-o):\n"
+    "  ro                 read-only (the default; this version serves read-only only)\n"
+    "  rw                 read-write: not supported yet by this version, refused\n"
+    "  fakeroot           treat every caller as root for permission checks\n"
+    "  allow_other        let other users access the mount (always on as root)\n"
+    "  offset=BYTES       the filesystem starts BYTES into IMAGE (partitioned images)\n"
+    "  norecovery         serve a filesystem whose journal needs recovery without\n"
+    "                     replaying it (read-only; recent changes may be missing)\n"
+    "  threads=N          request worker threads (default 4)\n"
+    "  nodev, nosuid, noexec, dev, suid, exec, noatime\n"
+    "                     passed to the kernel as for any mount\n";
+
+struct CliOptions {
+  char* image = nullptr;
+  char* mountpoint = nullptr;
+  char* offset = nullptr;
+  char* threads = nullptr;
+  int ro = 0;
+  int rw = 0;
+  int fakeroot = 0;
+  int allow_other = 0;
+  int norecovery = 0;
+  int foreground = 0;
+  int debug = 0;
+  int help = 0;
+  int version = 0;
+  std::string kernel_opts;  // options passed through to the mount
+  std::string error;        // first parse error
+};
+
+enum Key { kKeyHelp, kKeyVersion, kKeyKernel };
+
+#define IOMAPFS_OPT(t, p) {t, offsetof(CliOptions, p), 1}
+const fuse_opt kOptSpec[] = {
+    IOMAPFS_OPT("ro", ro),
+    IOMAPFS_OPT("rw", rw),
+    IOMAPFS_OPT("fakeroot", fakeroot),
+    IOMAPFS_OPT("allow_other", allow_other),
+    IOMAPFS_OPT("norecovery", norecovery),
+    IOMAPFS_OPT("-f", foreground),
+    IOMAPFS_OPT("-d", debug),
+    IOMAPFS_OPT("debug", debug),
+    {"offset=%s", offsetof(CliOptions, offset), 0},
+    {"threads=%s", offsetof(CliOptions, threads), 0},
+    FUSE_OPT_KEY("-h", kKeyHelp),
+    FUSE_OPT_KEY("--help", kKeyHelp),
+    FUSE_OPT_KEY("-V", kKeyVersion),
+    FUSE_OPT_KEY("--version", kKeyVersion),
+    FUSE_OPT_KEY("nodev", kKeyKernel),
+    FUSE_OPT_KEY("nosuid", kKeyKernel),
+    FUSE_OPT_KEY("noexec", kKeyKernel),
+    FUSE_OPT_KEY("dev", kKeyKernel),
+    FUSE_OPT_KEY("suid", kKeyKernel),
+    FUSE_OPT_KEY("exec", kKeyKernel),
+    FUSE_OPT_KEY("noatime", kKeyKernel),
+    FUSE_OPT_END,
+};
+#undef IOMAPFS_OPT
+
+int ProcessOpt(void* data, const char* arg, int key, fuse_args*) {
+  auto* o = static_cast<CliOptions*>(data);
+  switch (key) {
+    case kKeyHelp:
+      o->help = 1;
+      return 0;
+    case kKeyVersion:
+      o->version = 1;
+      return 0;
+    case kKeyKernel:
+      o->kernel_opts += std::string(",") + arg;
+      return 0;
+    case FUSE_OPT_KEY_NONOPT:
+      if (o->image == nullptr) {
+        o->image = strdup(arg);
+      } else if (o->mountpoint == nullptr) {
+        o->mountpoint = strdup(arg);
+      } else if (o->error.empty()) {
+        o->error = std::string("unexpected argument '") + arg + "'";
+      }
+      return 0;
+    default:
+      if (o->error.empty()) {
+        o->error = std::string("unknown option '") + arg + "' (see --help)";
+      }
+      return 0;
+  }
+}
+
+bool ParseU64(const char* s, uint64_t* out) {
+  if (s == nullptr || *s == '\0' || *s == '-') return false;
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 0);
+  if (errno != 0 || *end != '\0') return false;
+  *out = v;
+  return true;
+}
+
+// Escapes ',' and '\' for a libfuse -o value (fsname=...).
+std::string EscapeOptValue(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == ',' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+pthread_t g_main_thread;
+
+int Serve(CliOptions& cli) {
+  uint64_t offset = 0;
+  if (cli.offset != nullptr && !ParseU64(cli.offset, &offset)) {
+    fprintf(stderr, "iomapfs: bad offset '%s': expected a byte count\n", cli.offset);
+    return 2;
+  }
+  uint64_t threads = 4;
+  if (cli.threads != nullptr && (!ParseU64(cli.threads, &threads) || threads < 1 || threads > 64)) {
+    fprintf(stderr, "iomapfs: bad threads '%s': expected 1..64\n", cli.threads);
+    return 2;
+  }
+  if (cli.rw) {
+    fprintf(stderr,
+            "iomapfs: read-write mounts are not supported by this version; use -o ro\n");
+    return 2;
+  }
+  char* mnt_real = realpath(cli.mountpoint, nullptr);
+  if (mnt_real == nullptr) {
+    fprintf(stderr, "iomapfs: bad mountpoint '%s': %s\n", cli.mountpoint, strerror(errno));
+    return 1;
+  }
+  std::string mountpoint(mnt_real);
+  free(mnt_real);
+  struct stat st;
+  if (stat(mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    fprintf(stderr, "iomapfs: bad mountpoint '%s': not a directory\n", cli.mountpoint);
+    return 1;
+  }
+
+  ext2::OpenOptions open_opts;
+  open_opts.read_write = false;
+  open_opts.offset = offset;
+  open_opts.norecovery = cli.norecovery != 0;
+  std::string why;
+  Result<std::unique_ptr<ext2::Ext2Fs>> e2 = ext2::Ext2Fs::Open(cli.image, open_opts, &why);
+  if (!e2) {
+    fprintf(stderr, "iomapfs: %s\n", why.c_str());
+    return 1;
+  }
+  ext4::Options fs_opts;
+  fs_opts.fakeroot = cli.fakeroot != 0;
+  auto fs = std::make_unique<ext4::Filesystem>(std::move(*e2), fs_opts);
+
+  dispatch::DispatcherOptions dopts;
+  dopts.read_only = true;
+  dopts.debug = cli.debug != 0;
+  dispatch::Dispatcher dispatcher(*fs, dopts);
+
+  // Mount through libfuse: it knows mount(2) for root and fusermount3 for everyone else.
+  std::string kopts = "-oro,default_permissions,subtype=iomapfs,fsname=" +
+                      EscapeOptValue(cli.image) + cli.kernel_opts;
+  if (cli.allow_other || geteuid() == 0) kopts += ",allow_other";
+  if (geteuid() == 0 && cli.kernel_opts.find("nodev") == std::string::npos) kopts += ",dev";
+  if (geteuid() == 0 && cli.kernel_opts.find("nosuid") == std::string::npos) kopts += ",suid";
+  const char* fuse_argv[] = {"iomapfs", kopts.c_str()};
+  fuse_args fargs = FUSE_ARGS_INIT(2, const_cast<char**>(fuse_argv));
+  fuse_lowlevel_ops no_ops{};
+  fuse_session* se = fuse_session_new(&fargs, &no_ops, sizeof(no_ops), nullptr);
+  if (se == nullptr) {
+    fprintf(stderr, "iomapfs: cannot set up the FUSE session (bad mount options?)\n");
+    return 1;
+  }
+  if (fuse_session_mount(se, mountpoint.c_str()) != 0) {
+    fprintf(stderr, "iomapfs: cannot mount %s at %s\n", cli.image, mountpoint.c_str());
+    fuse_session_destroy(se);
+    return 1;
+  }
+  if (fuse_daemonize(cli.foreground || cli.debug) != 0) {
+    fprintf(stderr, "iomapfs: cannot daemonize\n");
+    fuse_session_unmount(se);
+    fuse_session_destroy(se);
+    return 1;
+  }
+  if (!cli.foreground && !cli.debug) LogToSyslog("iomapfs");
+
+  // Workers block every signal; this thread waits for the ones that end the mount.
+  sigset_t waitset;
+  sigemptyset(&waitset);
+  sigaddset(&waitset, SIGINT);
+  sigaddset(&waitset, SIGTERM);
+  sigaddset(&waitset, SIGHUP);
+  sigaddset(&waitset, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &waitset, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  g_main_thread = pthread_self();
+
+  session::SessionOptions sopts;
+  sopts.workers = static_cast<int>(threads);
+  session::Session session(dispatcher, sopts);
+  Result<void> started =
+      session.Start(fuse_session_fd(se), [] { pthread_kill(g_main_thread, SIGUSR1); });
+  if (!started) {
+    LOG_ERROR("cannot start the request loop: %s", strerror(started.error()));
+    fuse_session_unmount(se);
+    fuse_session_destroy(se);
+    return 1;
+  }
+  LOG_INFO("serving %s at %s (read-only)", cli.image, mountpoint.c_str());
+
+  bool unmounted_by_us = false;
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&waitset, &sig) != 0) continue;
+    if (sig == SIGUSR1) break;  // the connection ended: unmounted or aborted
+    if (!unmounted_by_us) {
+      LOG_INFO("signal %d: unmounting %s", sig, mountpoint.c_str());
+      fuse_session_unmount(se);
+      unmounted_by_us = true;
+    }
+  }
+  session.Join();
+  int rc = 0;
+  Result<void> closed = fs->Close();
+  if (!closed) {
+    LOG_ERROR("closing %s: %s", cli.image, strerror(closed.error()));
+    rc = 1;
+  }
+  if (!unmounted_by_us) fuse_session_unmount(se);
+  fuse_session_destroy(se);
+  return rc;
+}
+
+}  // namespace
+}  // namespace iomapfs
+
+int main(int argc, char** argv) {
+  using iomapfs::CliOptions;
+  CliOptions cli;
+  fuse_args args = FUSE_ARGS_INIT(argc, argv);
+  if (fuse_opt_parse(&args, &cli, iomapfs::kOptSpec, iomapfs::ProcessOpt) != 0) {
+    fprintf(stderr, "iomapfs: cannot parse the command line (see --help)\n");
+    return 2;
+  }
+  fuse_opt_free_args(&args);
+  if (cli.help) {
+    fputs(iomapfs::kUsage, stdout);
+    return 0;
+  }
+  if (cli.version) {
+    printf("iomapfs %s (FUSE protocol 7.45, libfuse %s for mounting)\n", IOMAPFS_VERSION,
+           fuse_pkgversion());
+    return 0;
+  }
+  if (!cli.error.empty()) {
+    fprintf(stderr, "iomapfs: %s\n", cli.error.c_str());
+    return 2;
+  }
+  if (cli.image == nullptr || cli.mountpoint == nullptr) {
+    fprintf(stderr, "iomapfs: need an IMAGE and a MOUNTPOINT\n%s", iomapfs::kUsage);
+    return 2;
+  }
+  if (cli.debug) iomapfs::SetLogLevel(iomapfs::LogLevel::kDebug);
+  return iomapfs::Serve(cli);
+}

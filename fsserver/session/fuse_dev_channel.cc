@@ -1,0 +1,44 @@
+#include "fsserver/session/fuse_dev_channel.h"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cstdint>
+
+namespace iomapfs::session {
+namespace {
+// _IOR(229, 0, uint32_t): spec/fuse-mainline-7.45-and-io-uring.md §6.
+constexpr unsigned long kFuseDevIocClone = 0x8004E500;
+}  // namespace
+
+Result<FuseDevChannel> FuseDevChannel::Clone(int session_fd) {
+  UniqueFd fd(::open("/dev/fuse", O_RDWR | O_CLOEXEC));
+  if (!fd.valid()) return Unexpected(errno);
+  uint32_t original = static_cast<uint32_t>(session_fd);
+  if (::ioctl(fd.get(), kFuseDevIocClone, &original) != 0) return Unexpected(errno);
+  int raw = fd.get();
+  return FuseDevChannel(raw, std::move(fd));
+}
+
+Result<size_t> FuseDevChannel::Receive(std::span<std::byte> buf) {
+  for (;;) {
+    ssize_t n = ::read(fd_, buf.data(), buf.size());
+    if (n >= 0) return static_cast<size_t>(n);
+    int err = errno;
+    if (err == EINTR || err == EAGAIN || err == ENOENT) continue;
+    if (err == ECONNABORTED) return Unexpected(ENODEV);
+    return Unexpected(err);
+  }
+}
+
+Result<void> FuseDevChannel::Send(std::span<const iovec> iov) {
+  for (;;) {
+    ssize_t n = ::writev(fd_, iov.data(), static_cast<int>(iov.size()));
+    if (n >= 0) return {};
+    if (errno == EINTR) continue;
+    return Unexpected(errno);
+  }
+}
+
+}  // namespace iomapfs::session

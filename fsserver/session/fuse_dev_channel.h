@@ -1,0 +1,47 @@
+// FuseDevChannel: one /dev/fuse file descriptor as a request source and reply sink.
+//
+// A mounted session has one original fd; each extra worker clones it with FUSE_DEV_IOC_CLONE
+// so it gets its own processing queue (spec/fuse-mainline-7.45-and-io-uring.md §6, §9).
+// Thread-safety: one worker thread reads and replies on a channel; Send() is also safe from
+// other threads (a single writev is atomic on /dev/fuse).
+// Ownership: owns its fd unless constructed with `owned = false` (the session's original fd,
+// which libfuse closes).
+#pragma once
+
+#include <cstddef>
+#include <span>
+
+#include "base/result.h"
+#include "base/unique_fd.h"
+#include "fsserver/dispatch/reply_sink.h"
+
+namespace iomapfs::session {
+
+class FuseDevChannel final : public dispatch::ReplySink {
+ public:
+  // Borrows `fd` (not closed by this object).
+  static FuseDevChannel Borrow(int fd) { return FuseDevChannel(fd, UniqueFd()); }
+  // Opens /dev/fuse and binds the new fd to the connection of `session_fd`.
+  // Errors: from open(2) and ioctl(FUSE_DEV_IOC_CLONE) (EINVAL: session_fd not mounted).
+  static Result<FuseDevChannel> Clone(int session_fd);
+
+  FuseDevChannel(FuseDevChannel&&) = default;
+
+  // Blocks for the next request; retries EINTR, EAGAIN and ENOENT (a request interrupted
+  // before we read it).
+  // Returns: the message length. Errors: ENODEV when the filesystem was unmounted or the
+  // connection aborted; EINVAL if buf is too small for the kernel's rule (>= 8192 bytes and
+  // >= max_write + 80).
+  Result<size_t> Receive(std::span<std::byte> buf);
+
+  Result<void> Send(std::span<const iovec> iov) override;
+
+  int fd() const { return fd_; }
+
+ private:
+  FuseDevChannel(int fd, UniqueFd owned) : fd_(fd), owned_(std::move(owned)) {}
+  int fd_;
+  UniqueFd owned_;
+};
+
+}  // namespace iomapfs::session

@@ -1,0 +1,51 @@
+// Session: the /dev/fuse request loop. A pool of worker threads, each on its own cloned
+// /dev/fuse fd (the first on the mount's own fd), reads requests and hands them to the
+// RequestHandler, which replies on the same fd.
+//
+// Thread-safety: Start/Join/Stop are called from one controlling thread. Workers call the
+// handler concurrently. on_end runs on a worker thread, once, when the connection ends
+// (unmount or abort).
+// Ownership: borrows the handler and the session fd (libfuse owns and closes the latter).
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "base/result.h"
+#include "fsserver/dispatch/handler.h"
+#include "fsserver/session/fuse_dev_channel.h"
+
+namespace iomapfs::session {
+
+struct SessionOptions {
+  int workers = 4;
+};
+
+class Session {
+ public:
+  Session(dispatch::RequestHandler& handler, const SessionOptions& options)
+      : handler_(handler), options_(options) {}
+  ~Session();
+
+  // Starts the workers on the mounted fd `session_fd`. Worker 0 reads the session fd; the
+  // others use clones (falling back to sharing the session fd where cloning is refused).
+  // `on_end` is called once when the first worker sees the connection end.
+  // REQUIRES: session_fd is mounted (bound to a connection); Start not called before.
+  Result<void> Start(int session_fd, std::function<void()> on_end);
+
+  // Waits for every worker to finish (they finish when the connection ends).
+  void Join();
+
+ private:
+  void Worker(FuseDevChannel channel);
+
+  dispatch::RequestHandler& handler_;
+  SessionOptions options_;
+  std::vector<std::thread> threads_;
+  std::function<void()> on_end_;
+  std::atomic<bool> ended_{false};
+};
+
+}  // namespace iomapfs::session
