@@ -1,6 +1,9 @@
 #include "ext2/ext2_fs.h"
 
+// e2p.h has no extern "C" guard of its own.
+extern "C" {
 #include <e2p/e2p.h>
+}
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
@@ -190,8 +193,9 @@ Result<std::unique_ptr<Ext2Fs>> Ext2Fs::Open(const std::string& path, const Open
   }
   uint64_t dev_size = DeviceSize(fd.get());
   if (dev_size <= options.offset) {
-    return fail(EINVAL, "offset " + std::to_string(options.offset) + " is past the end of the image (" +
-                            std::to_string(dev_size) + " bytes)");
+    return fail(EINVAL, "offset " + std::to_string(options.offset) +
+                            " is past the end of the image (" + std::to_string(dev_size) +
+                            " bytes)");
   }
 
   ext2_super_block raw_sb;
@@ -212,8 +216,9 @@ Result<std::unique_ptr<Ext2Fs>> Ext2Fs::Open(const std::string& path, const Open
                                   UnsupportedIncompatNames(raw_sb.s_feature_incompat));
     }
     if (err == EXT2_ET_RO_UNSUPP_FEATURE) {
-      return fail(EOPNOTSUPP, "filesystem has read-only-compatible features this tool cannot "
-                              "write; mount it read-only (-o ro)");
+      return fail(EOPNOTSUPP,
+                  "filesystem has read-only-compatible features this tool cannot "
+                  "write; mount it read-only (-o ro)");
     }
     if (err == EXT2_ET_SHORT_READ) return fail(kEfsCorrupted, "image is truncated");
     int e = ErrnoFromErrcode(err);
@@ -230,8 +235,9 @@ Result<std::unique_ptr<Ext2Fs>> Ext2Fs::Open(const std::string& path, const Open
   }
   if (ext2fs_has_feature_journal_needs_recovery(fs->super) && !options.norecovery) {
     ext2fs_free(fs);
-    return fail(EROFS, "the journal needs recovery; run `e2fsck -fy` on the image first, or "
-                       "mount read-only with -o ro,norecovery (recent changes will be missing)");
+    return fail(EROFS,
+                "the journal needs recovery; run `e2fsck -fy` on the image first, or "
+                "mount read-only with -o ro,norecovery (recent changes will be missing)");
   }
 
   auto dev = std::make_unique<FdBlockDevice>(std::move(fd), options.offset, avail);

@@ -45,8 +45,8 @@ inline constexpr uint32_t kOpWriteback = 1u << 31;
 inline constexpr uint64_t kNullAddr = ~0ull;  // FUSE_IOMAP_NULL_ADDR
 
 struct Mapping {
-  uint64_t offset = 0;  // file byte offset of the first byte mapped
-  uint64_t length = 0;  // bytes; > 0
+  uint64_t offset = 0;        // file byte offset of the first byte mapped
+  uint64_t length = 0;        // bytes; > 0
   uint64_t addr = kNullAddr;  // filesystem byte address of `offset`; kNullAddr unless
                               // MAPPED or UNWRITTEN
   MappingType type = MappingType::kHole;
