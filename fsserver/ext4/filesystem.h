@@ -49,6 +49,13 @@ struct Attr {
   uint64_t statx_attributes = 0;  // STATX_ATTR_* (immutable, append, nodump, compressed, ...)
 };
 
+// statx attributes_mask as ext4_getattr() sets it (plus STATX_ATTR_DAX, which the VFS adds):
+// the STATX_ATTR_* bits this filesystem can report.
+inline constexpr uint64_t kStatxAttributesMask =
+    0x00000004 /* COMPRESSED */ | 0x00000010 /* IMMUTABLE */ | 0x00000020 /* APPEND */ |
+    0x00000040 /* NODUMP */ | 0x00000800 /* ENCRYPTED */ | 0x00100000 /* VERITY */ |
+    0x00200000 /* DAX */;
+
 struct StatFs {
   uint64_t blocks = 0, bfree = 0, bavail = 0;  // in units of bsize
   uint64_t files = 0, ffree = 0;
@@ -65,6 +72,9 @@ struct Caller {
   uint32_t uid = 0;
   uint32_t gid = 0;
   uint32_t pid = 0;
+  // Supplementary groups, if the caller knows them (FUSE requests carry only uid/gid/pid);
+  // group checks use gid and these.
+  std::vector<uint32_t> groups;
 };
 
 struct Options {
@@ -87,7 +97,8 @@ class Filesystem {
 
   // Errors: ENOENT (unused inode), EUCLEAN (bad checksum), EIO.
   Result<Attr> GetAttr(Ino ino);
-  // Errors: EINVAL (not a symlink), EUCLEAN, EIO.
+  // Errors: EINVAL (not a symlink), EOPNOTSUPP (encrypted symlink: we hold no keys), EUCLEAN
+  //         (slow symlink without a data block), EIO.
   Result<std::string> ReadLink(Ino ino);
 
   // Opens a directory: takes a snapshot of its entries ("." and ".." first) served by ReadDir.
@@ -96,9 +107,11 @@ class Filesystem {
   // Emits entries of the snapshot starting at `offset` (0 = start; otherwise a value this method
   // passed as next_offset). `emit` returns false when the reply is full: that entry is not
   // consumed. With `plus`, `attr` is the entry's attributes (nullptr for "." and "..", which the
-  // kernel does not reference); each accepted non-null attr counts one Lookup reference.
+  // kernel does not reference, and for an entry whose inode cannot be read: the listing still
+  // shows it, as ext4's readdir does); each accepted non-null attr counts one Lookup reference.
   // Errors: EBADF (unknown handle), EUCLEAN, EIO.
-  using DirEmit = std::function<bool(const DirEntry& entry, const Attr* attr, uint64_t next_offset)>;
+  using DirEmit =
+      std::function<bool(const DirEntry& entry, const Attr* attr, uint64_t next_offset)>;
   Result<void> ReadDir(Ino ino, FileHandle fh, uint64_t offset, bool plus, const DirEmit& emit);
   void ReleaseDir(FileHandle fh);
 
@@ -110,20 +123,26 @@ class Filesystem {
   // Returns: bytes read (0 at or past EOF). Errors: EISDIR, EUCLEAN (corrupt mapping), EIO.
   Result<size_t> Read(Ino ino, uint64_t offset, std::span<std::byte> buf);
 
-  // SEEK_DATA / SEEK_HOLE (also SEEK_SET/SEEK_CUR/SEEK_END for completeness).
-  // Errors: ENXIO (offset at or past EOF for DATA/HOLE, or no data after offset), EINVAL.
+  // SEEK_DATA / SEEK_HOLE as ext4 answers them (unwritten extents count as holes). SEEK_SET
+  // returns `offset`, SEEK_END returns i_size + offset (offset taken as a signed value);
+  // SEEK_CUR is the kernel's business (EINVAL here).
+  // Errors: ENXIO (offset at or past EOF for DATA/HOLE, or no data after offset), EINVAL
+  //         (unknown whence, not a regular file, negative result), EUCLEAN, EIO.
   Result<uint64_t> Lseek(Ino ino, uint64_t offset, int whence);
 
-  Result<StatFs> StatFs();
+  Result<ext4::StatFs> StatFs();
 
   // Full names ("user.foo", "trusted.x", "security.selinux", "system.posix_acl_access").
   // POSIX ACLs come back in the xattr format the kernel uses (posix_acl_xattr_header), not
-  // ext4's on-disk format. Errors: ENODATA, EUCLEAN, EIO.
+  // ext4's on-disk format. Errors: ENODATA, EOPNOTSUPP (a namespace ext4 has no handler for,
+  // e.g. "system.data"), EUCLEAN, EIO. ListXattr lists every visible name, trusted.* included
+  // (dispatch filters by the caller's capabilities).
   Result<std::vector<std::byte>> GetXattr(Ino ino, std::string_view name);
   Result<std::vector<std::string>> ListXattr(Ino ino);
 
   // access(2) semantics by mode bits, owner, group and ACL (root bypasses rw; x needs one x bit).
-  // Errors: EACCES, EROFS (W_OK on a read-only filesystem).
+  // Errors: EACCES, EROFS (W_OK on a read-only filesystem), EPERM (W_OK on an immutable inode),
+  //         ENOENT, EUCLEAN, EIO.
   Result<void> Access(Ino ino, int mask, const Caller& caller);
 
   // Flushes and closes the filesystem. Returns the first error.
