@@ -1,0 +1,50 @@
+// Tree comparator: walks two mounted directory trees in parallel and reports every difference
+// an application could observe, so a test can say "the server shows exactly what kernel ext4
+// shows" and print all the ways it does not.
+//
+// Per path it compares: the lstat fields ext4 exposes (mode, nlink, uid, gid, rdev, size,
+// st_blocks, atime/mtime/ctime with nanoseconds, st_ino; not st_dev or st_blksize), statx
+// btime when both sides report STATX_BTIME, the sorted directory listing with each entry's d_ino
+// and d_type, symlink targets, every xattr (llistxattr names and lgetxattr values, including
+// system.posix_acl_*), and for regular files the full SEEK_DATA/SEEK_HOLE sequence and the
+// content. Files up to `full_compare_limit` bytes are compared byte for byte; larger ones (the
+// sparse > 4 GiB file) over tree `a`'s data regions, with samples of `b` inside `a`'s holes
+// (which must read as zeros).
+//
+// Tree `a` is the reference (kernel ext4); `b` is the tree under test. Nothing is written; run it
+// on read-only mounts so atime does not move.
+//
+// Thread-safety: none; one comparison at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace iomapfs::testing {
+
+struct TreeCompareOptions {
+  // Differences recorded in full; the rest are only counted.
+  size_t max_differences = 200;
+  bool compare_atime = true;
+  bool compare_xattrs = true;
+  uint64_t full_compare_limit = uint64_t{256} << 20;
+};
+
+struct TreeComparison {
+  std::vector<std::string> differences;  // at most max_differences, in walk order
+  uint64_t difference_count = 0;         // all of them
+  uint64_t entries = 0;                  // paths compared (the root included)
+  uint64_t bytes_compared = 0;           // file bytes read from each side
+  bool ok() const { return difference_count == 0; }
+  // The differences one per line, followed by a line with the total if some were left out.
+  std::string Format() const;
+};
+
+// Compares the trees rooted at directories `a` and `b`.
+// Returns: the comparison; a failure to read either side (EIO, ...) is a difference.
+TreeComparison CompareTrees(const std::string& a, const std::string& b,
+                            const TreeCompareOptions& options = {});
+
+}  // namespace iomapfs::testing
