@@ -3,6 +3,7 @@
 // libfuse3 is used for option parsing and mounting only (fusermount3 when not root); the
 // request loop, wire codec and filesystem are this project's own (DESIGN.md).
 
+#define FUSE_USE_VERSION 314
 #include <fuse3/fuse_lowlevel.h>
 #include <fuse3/fuse_opt.h>
 #include <pthread.h>
@@ -71,7 +72,8 @@ struct CliOptions {
 
 enum Key { kKeyHelp, kKeyVersion, kKeyKernel };
 
-#define IOMAPFS_OPT(t, p) {t, offsetof(CliOptions, p), 1}
+#define IOMAPFS_OPT(t, p) \
+  { t, offsetof(CliOptions, p), 1 }
 const fuse_opt kOptSpec[] = {
     IOMAPFS_OPT("ro", ro),
     IOMAPFS_OPT("rw", rw),
@@ -161,8 +163,7 @@ int Serve(CliOptions& cli) {
     return 2;
   }
   if (cli.rw) {
-    fprintf(stderr,
-            "iomapfs: read-write mounts are not supported by this version; use -o ro\n");
+    fprintf(stderr, "iomapfs: read-write mounts are not supported by this version; use -o ro\n");
     return 2;
   }
   char* mnt_real = realpath(cli.mountpoint, nullptr);
@@ -198,8 +199,9 @@ int Serve(CliOptions& cli) {
   dispatch::Dispatcher dispatcher(*fs, dopts);
 
   // Mount through libfuse: it knows mount(2) for root and fusermount3 for everyone else.
-  std::string kopts = "-oro,default_permissions,subtype=iomapfs,fsname=" +
-                      EscapeOptValue(cli.image) + cli.kernel_opts;
+  std::string kopts =
+      "-oro,default_permissions,subtype=iomapfs,fsname=" + EscapeOptValue(cli.image) +
+      cli.kernel_opts;
   if (cli.allow_other || geteuid() == 0) kopts += ",allow_other";
   if (geteuid() == 0 && cli.kernel_opts.find("nodev") == std::string::npos) kopts += ",dev";
   if (geteuid() == 0 && cli.kernel_opts.find("nosuid") == std::string::npos) kopts += ",suid";

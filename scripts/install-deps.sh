@@ -9,7 +9,7 @@ PACKAGES=(
   libext2fs-dev e2fsprogs
   liburing-dev libbpf-dev libboost-dev
   googletest libgtest-dev
-  attr acl util-linux fdisk
+  attr acl util-linux fdisk psmisc
 )
 
 missing=()

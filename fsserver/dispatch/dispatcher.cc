@@ -1,0 +1,459 @@
+#include "fsserver/dispatch/dispatcher.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "base/log.h"
+#include "fsserver/wire/reply.h"
+#include "fsserver/wire/request.h"
+
+namespace iomapfs::dispatch {
+
+namespace abi = iomapfs::abi;
+
+namespace {
+
+// The protocol minor this server speaks (spec/fuse-mainline-7.45-and-io-uring.md §1).
+constexpr uint32_t kOurMinor = 45;
+// Below 7.23 the kernel expects the 24-byte INIT reply (FUSE_COMPAT_22_INIT_OUT_SIZE).
+constexpr uint32_t kCompat22Minor = 23;
+constexpr size_t kCompat22InitOutSize = 24;
+
+// INIT flags we enable when the kernel offers them.
+constexpr uint64_t kWantedInitFlags =
+    abi::FUSE_ASYNC_READ | abi::FUSE_BIG_WRITES | abi::FUSE_EXPORT_SUPPORT |
+    abi::FUSE_DO_READDIRPLUS | abi::FUSE_READDIRPLUS_AUTO | abi::FUSE_PARALLEL_DIROPS |
+    abi::FUSE_MAX_PAGES | abi::FUSE_CACHE_SYMLINKS | abi::FUSE_POSIX_ACL | abi::FUSE_ASYNC_DIO |
+    abi::FUSE_INIT_EXT;
+
+constexpr uint32_t kStatxBasicStats = 0x7ff;  // STATX_BASIC_STATS
+constexpr uint32_t kStatxBtime = 0x800;       // STATX_BTIME
+
+// A reply body: nothing, a small owned buffer, or a view of a per-thread buffer (READ data,
+// directory listings) that stays valid until this thread handles its next request.
+struct Reply {
+  std::vector<std::byte> owned;
+  std::span<const std::byte> borrowed;
+  bool none = false;  // the opcode takes no reply
+
+  static Reply Empty() { return Reply{}; }
+  static Reply NoReply() {
+    Reply r;
+    r.none = true;
+    return r;
+  }
+  template <class T>
+  static Reply Of(const T& v) {
+    Reply r;
+    auto b = wire::BytesOf(v);
+    r.owned.assign(b.begin(), b.end());
+    return r;
+  }
+  static Reply Borrow(std::span<const std::byte> b) {
+    Reply r;
+    r.borrowed = b;
+    return r;
+  }
+  std::span<const std::byte> body() const {
+    return owned.empty() ? borrowed : std::span<const std::byte>(owned);
+  }
+};
+
+// A per-thread scratch buffer for large reply bodies.
+std::span<std::byte> Scratch(size_t size) {
+  thread_local std::vector<std::byte> buf;
+  if (buf.size() < size) buf.resize(size);
+  return std::span<std::byte>(buf.data(), size);
+}
+
+// new_encode_dev(): the encoding fuse_attr.rdev carries (the kernel decodes it with
+// new_decode_dev()).
+uint32_t EncodeDev(dev_t dev) {
+  uint32_t maj = major(dev);
+  uint32_t min = minor(dev);
+  return (min & 0xff) | (maj << 8) | ((min & ~0xffu) << 12);
+}
+
+abi::fuse_attr ToFuseAttr(const ext4::Attr& a) {
+  abi::fuse_attr out{};
+  out.ino = a.ino.value();
+  out.size = a.size;
+  out.blocks = a.blocks;
+  // Pre-1970 times travel as the two's complement of the signed seconds (the kernel stores
+  // them into a time64_t).
+  out.atime = static_cast<uint64_t>(a.atime.sec);
+  out.mtime = static_cast<uint64_t>(a.mtime.sec);
+  out.ctime = static_cast<uint64_t>(a.ctime.sec);
+  out.atimensec = a.atime.nsec;
+  out.mtimensec = a.mtime.nsec;
+  out.ctimensec = a.ctime.nsec;
+  out.mode = a.mode;
+  out.nlink = a.nlink;
+  out.uid = a.uid;
+  out.gid = a.gid;
+  out.rdev = EncodeDev(a.rdev);
+  out.blksize = a.blksize;
+  return out;
+}
+
+abi::fuse_sx_time ToSxTime(const ext4::Timestamp& t) {
+  abi::fuse_sx_time out{};
+  out.tv_sec = t.sec;
+  out.tv_nsec = t.nsec;
+  return out;
+}
+
+abi::fuse_statx ToFuseStatx(const ext4::Attr& a) {
+  abi::fuse_statx sx{};
+  sx.mask = kStatxBasicStats | (a.has_btime ? kStatxBtime : 0);
+  sx.blksize = a.blksize;
+  sx.attributes = a.statx_attributes;
+  sx.nlink = a.nlink;
+  sx.uid = a.uid;
+  sx.gid = a.gid;
+  sx.mode = static_cast<uint16_t>(a.mode);
+  sx.ino = a.ino.value();
+  sx.size = a.size;
+  sx.blocks = a.blocks;
+  sx.attributes_mask = ext4::kStatxAttributesMask;
+  sx.atime = ToSxTime(a.atime);
+  sx.btime = ToSxTime(a.btime);
+  sx.ctime = ToSxTime(a.ctime);
+  sx.mtime = ToSxTime(a.mtime);
+  sx.rdev_major = major(a.rdev);
+  sx.rdev_minor = minor(a.rdev);
+  return sx;
+}
+
+bool IsTrusted(std::string_view name) { return name.rfind("trusted.", 0) == 0; }
+
+}  // namespace
+
+// Per-request state and the handlers, one per opcode. Handlers return the reply body (or an
+// errno); only Handle() encodes and sends.
+struct Dispatcher::Context {
+  Dispatcher& d;
+  const wire::Request& req;
+
+  ext4::Filesystem& fs() { return d.fs_; }
+  wire::CacheTimeout entry_timeout() const { return {d.options_.entry_timeout_sec, 0}; }
+  wire::CacheTimeout attr_timeout() const { return {d.options_.attr_timeout_sec, 0}; }
+  bool caller_is_root() const { return req.header.uid == 0; }
+
+  abi::fuse_entry_out Entry(const ext4::Attr& a) const {
+    return wire::MakeEntryOut(a.ino, a.generation, ToFuseAttr(a), entry_timeout(), attr_timeout());
+  }
+
+  // A value reply that honours the size-query protocol of GETXATTR/LISTXATTR.
+  static Result<Reply> SizedReply(std::span<const std::byte> value, uint32_t size) {
+    if (size == 0) return Reply::Of(wire::MakeGetxattrOut(static_cast<uint32_t>(value.size())));
+    if (size < value.size()) return Unexpected(ERANGE);
+    std::span<std::byte> out = Scratch(value.size());
+    std::copy(value.begin(), value.end(), out.begin());
+    return Reply::Borrow(out);
+  }
+
+  Result<Reply> On(const wire::InitReq& r) {
+    if (r.major < abi::FUSE_KERNEL_VERSION) return Unexpected(EPROTO);
+    if (r.major > abi::FUSE_KERNEL_VERSION) {
+      // The kernel retries INIT with our major (fs/fuse/inode.c process_init_reply).
+      abi::fuse_init_out out{};
+      out.major = abi::FUSE_KERNEL_VERSION;
+      return Reply::Of(out);
+    }
+    uint32_t minor = std::min(r.minor, kOurMinor);
+    uint64_t offered = r.flags;
+    if ((offered & abi::FUSE_INIT_EXT) == 0) offered &= 0xffffffffull;
+    uint64_t enabled = offered & kWantedInitFlags;
+    wire::InitOutParams p;
+    p.minor = minor;
+    p.max_readahead = r.max_readahead;
+    p.flags = enabled;
+    p.max_background = 64;
+    p.congestion_threshold = 48;
+    p.max_write = d.options_.max_io_bytes;
+    p.max_pages = static_cast<uint16_t>(d.options_.max_io_bytes / 4096);
+    p.time_gran = 1;
+    abi::fuse_init_out out = wire::MakeInitOut(p);
+    d.init_flags_.store(enabled, std::memory_order_release);
+    d.minor_.store(minor, std::memory_order_release);
+    LOG_DEBUG("INIT: kernel 7.%u flags %#llx; using 7.%u flags %#llx", r.minor,
+              static_cast<unsigned long long>(r.flags), minor,
+              static_cast<unsigned long long>(enabled));
+    Reply reply = Reply::Of(out);
+    if (minor < kCompat22Minor) reply.owned.resize(kCompat22InitOutSize);
+    return reply;
+  }
+
+  Result<Reply> On(const wire::DestroyReq&) {
+    d.destroyed_.store(true);
+    return Reply::Empty();
+  }
+
+  Result<Reply> On(const wire::ForgetReq& r) {
+    fs().Forget(req.node, r.nlookup);
+    return Reply::NoReply();
+  }
+  Result<Reply> On(const wire::BatchForgetReq& r) {
+    for (const auto& f : r.forgets) fs().Forget(f.ino, f.nlookup);
+    return Reply::NoReply();
+  }
+  // Every request here completes promptly, so an interrupt has nothing to cut short; the
+  // kernel keeps waiting for the original reply, which comes.
+  Result<Reply> On(const wire::InterruptReq&) { return Reply::NoReply(); }
+  Result<Reply> On(const wire::NotifyReplyReq&) { return Reply::NoReply(); }
+
+  Result<Reply> On(const wire::LookupReq& r) {
+    Result<ext4::Attr> a = fs().Lookup(req.node, r.name);
+    if (!a) {
+      // A cached negative entry saves the next lookup of the same missing name.
+      if (a.error() == ENOENT && d.options_.read_only) {
+        return Reply::Of(wire::MakeNegativeEntryOut(entry_timeout()));
+      }
+      return Unexpected(a.error());
+    }
+    return Reply::Of(Entry(*a));
+  }
+
+  Result<Reply> On(const wire::GetattrReq&) {
+    IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a, fs().GetAttr(req.node));
+    return Reply::Of(wire::MakeAttrOut(ToFuseAttr(a), attr_timeout()));
+  }
+
+  Result<Reply> On(const wire::StatxReq&) {
+    IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a, fs().GetAttr(req.node));
+    return Reply::Of(wire::MakeStatxOut(ToFuseStatx(a), attr_timeout()));
+  }
+
+  Result<Reply> On(const wire::ReadlinkReq&) {
+    IOMAPFS_ASSIGN_OR_RETURN(std::string target, fs().ReadLink(req.node));
+    Reply reply;
+    auto b = std::as_bytes(std::span<const char>(target));
+    reply.owned.assign(b.begin(), b.end());
+    return reply;
+  }
+
+  Result<Reply> On(const wire::OpendirReq&) {
+    IOMAPFS_ASSIGN_OR_RETURN(FileHandle fh, fs().OpenDir(req.node));
+    uint32_t open_flags = d.options_.read_only ? (abi::FOPEN_CACHE_DIR | abi::FOPEN_KEEP_CACHE) : 0;
+    return Reply::Of(wire::MakeOpenOut(fh, open_flags));
+  }
+
+  Result<Reply> On(const wire::ReaddirReq& r) {
+    wire::DirentBuffer buf(Scratch(r.size));
+    auto emit = [&](const ext4::DirEntry& e, const ext4::Attr* attr, uint64_t next) {
+      wire::DirentBuffer::Status st;
+      if (!r.plus) {
+        st = buf.Add(e.ino, next, e.type, e.name);
+      } else if (attr != nullptr) {
+        st = buf.AddPlus(Entry(*attr), next, e.name);
+      } else {
+        // "." and "..", or an unreadable inode: listed, but no entry the kernel would hold.
+        abi::fuse_entry_out none{};
+        none.attr.ino = e.ino.value();
+        none.attr.mode = e.type << 12;
+        st = buf.AddPlus(none, next, e.name);
+      }
+      if (st == wire::DirentBuffer::Status::kInvalidName) {
+        LOG_WARNING("directory %llu: skipping an entry with an invalid name",
+                    static_cast<unsigned long long>(req.node.value()));
+        return true;
+      }
+      return st == wire::DirentBuffer::Status::kAdded;
+    };
+    IOMAPFS_TRY(fs().ReadDir(req.node, r.fh, r.offset, r.plus, emit));
+    return Reply::Borrow(buf.bytes());
+  }
+
+  Result<Reply> On(const wire::ReleasedirReq& r) {
+    fs().ReleaseDir(r.fh);
+    return Reply::Empty();
+  }
+  Result<Reply> On(const wire::FsyncdirReq&) { return Reply::Empty(); }
+
+  Result<Reply> On(const wire::OpenReq& r) {
+    if (d.options_.read_only && (r.flags & O_ACCMODE) != O_RDONLY) return Unexpected(EROFS);
+    IOMAPFS_ASSIGN_OR_RETURN(FileHandle fh, fs().Open(req.node, static_cast<int>(r.flags)));
+    // Nothing changes a read-only image behind the kernel: keep its page cache across opens.
+    uint32_t open_flags = d.options_.read_only ? abi::FOPEN_KEEP_CACHE : 0;
+    return Reply::Of(wire::MakeOpenOut(fh, open_flags));
+  }
+
+  Result<Reply> On(const wire::ReadReq& r) {
+    std::span<std::byte> buf = Scratch(r.size);
+    IOMAPFS_ASSIGN_OR_RETURN(size_t n, fs().Read(req.node, r.offset, buf));
+    return Reply::Borrow(buf.first(n));
+  }
+
+  Result<Reply> On(const wire::FlushReq&) { return Reply::Empty(); }
+  Result<Reply> On(const wire::ReleaseReq& r) {
+    fs().Release(r.fh);
+    return Reply::Empty();
+  }
+  Result<Reply> On(const wire::FsyncReq&) { return Reply::Empty(); }
+  Result<Reply> On(const wire::SyncfsReq&) { return Reply::Empty(); }
+
+  Result<Reply> On(const wire::StatfsReq&) {
+    IOMAPFS_ASSIGN_OR_RETURN(ext4::StatFs s, fs().StatFs());
+    abi::fuse_kstatfs k{};
+    k.blocks = s.blocks;
+    k.bfree = s.bfree;
+    k.bavail = s.bavail;
+    k.files = s.files;
+    k.ffree = s.ffree;
+    k.bsize = s.bsize;
+    k.namelen = s.namelen;
+    k.frsize = s.frsize;
+    return Reply::Of(wire::MakeStatfsOut(k));
+  }
+
+  Result<Reply> On(const wire::GetxattrReq& r) {
+    IOMAPFS_ASSIGN_OR_RETURN(std::vector<std::byte> value, fs().GetXattr(req.node, r.name));
+    return SizedReply(value, r.size);
+  }
+
+  Result<Reply> On(const wire::ListxattrReq& r) {
+    IOMAPFS_ASSIGN_OR_RETURN(std::vector<std::string> names, fs().ListXattr(req.node));
+    // ext4 lists trusted.* only to callers with CAP_SYS_ADMIN; uid 0 stands for it here.
+    std::string list;
+    for (const auto& n : names) {
+      if (IsTrusted(n) && !caller_is_root()) continue;
+      list += n;
+      list += '\0';
+    }
+    return SizedReply(std::as_bytes(std::span<const char>(list)), r.size);
+  }
+
+  Result<Reply> On(const wire::AccessReq& r) {
+    ext4::Caller caller;
+    caller.uid = req.header.uid;
+    caller.gid = req.header.gid;
+    caller.pid = req.header.pid;
+    IOMAPFS_TRY(fs().Access(req.node, static_cast<int>(r.mask), caller));
+    return Reply::Empty();
+  }
+
+  Result<Reply> On(const wire::LseekReq& r) {
+    IOMAPFS_ASSIGN_OR_RETURN(uint64_t off,
+                             fs().Lseek(req.node, r.offset, static_cast<int>(r.whence)));
+    return Reply::Of(wire::MakeLseekOut(off));
+  }
+
+  // Operations that change the filesystem: refused while it is served read-only.
+  Result<Reply> Modify() {
+    if (d.options_.read_only) return Unexpected(EROFS);
+    return Unexpected(ENOSYS);
+  }
+  Result<Reply> On(const wire::SetattrReq&) { return Modify(); }
+  Result<Reply> On(const wire::SymlinkReq&) { return Modify(); }
+  Result<Reply> On(const wire::MknodReq&) { return Modify(); }
+  Result<Reply> On(const wire::MkdirReq&) { return Modify(); }
+  Result<Reply> On(const wire::UnlinkReq&) { return Modify(); }
+  Result<Reply> On(const wire::RmdirReq&) { return Modify(); }
+  Result<Reply> On(const wire::RenameReq&) { return Modify(); }
+  Result<Reply> On(const wire::LinkReq&) { return Modify(); }
+  Result<Reply> On(const wire::WriteReq&) { return Modify(); }
+  Result<Reply> On(const wire::SetxattrReq&) { return Modify(); }
+  Result<Reply> On(const wire::RemovexattrReq&) { return Modify(); }
+  Result<Reply> On(const wire::CreateReq&) { return Modify(); }
+  Result<Reply> On(const wire::TmpfileReq&) { return Modify(); }
+  Result<Reply> On(const wire::FallocateReq&) { return Modify(); }
+  Result<Reply> On(const wire::CopyFileRangeReq&) { return Modify(); }
+
+  // Everything else (locks: the kernel then does local locking; ioctl, poll, bmap; the iomap
+  // opcodes, which a classic-mode connection never negotiates): not implemented.
+  template <class T>
+  Result<Reply> On(const T&) {
+    return Unexpected(ENOSYS);
+  }
+};
+
+Dispatcher::Dispatcher(ext4::Filesystem& fs, const DispatcherOptions& options)
+    : fs_(fs), options_(options) {}
+
+size_t Dispatcher::MaxRequestSize() const {
+  // Header + fuse_write_in + the largest payload, with room for SETXATTR names.
+  return options_.max_io_bytes + 4096;
+}
+
+void Dispatcher::Handle(std::span<const std::byte> msg, ReplySink& sink) {
+  stats_.requests.fetch_add(1, std::memory_order_relaxed);
+  auto send = [&](Unique unique, int error, std::span<const std::byte> body) {
+    abi::fuse_out_header h = wire::ReplyHeader(unique, error, body.size());
+    iovec iov[2] = {{&h, sizeof(h)}, {const_cast<std::byte*>(body.data()), body.size()}};
+    Result<void> sent = sink.Send(std::span<const iovec>(iov, error == 0 && !body.empty() ? 2 : 1));
+    if (!sent && sent.error() != ENOENT && sent.error() != ENODEV) {
+      LOG_WARNING("sending a reply failed: %s", strerror(sent.error()));
+    }
+  };
+
+  Result<abi::fuse_in_header> header = wire::DecodeHeader(msg);
+  if (!header) {
+    stats_.decode_errors.fetch_add(1, std::memory_order_relaxed);
+    LOG_WARNING("malformed request (%zu bytes): %s", msg.size(), strerror(header.error()));
+    // With a readable header the kernel is still waiting for this unique: answer it.
+    if (msg.size() >= sizeof(abi::fuse_in_header)) {
+      abi::fuse_in_header raw;
+      std::memcpy(&raw, msg.data(), sizeof(raw));
+      if (wire::NeedsReply(raw.opcode)) send(Unique(raw.unique), EIO, {});
+    }
+    return;
+  }
+  const uint32_t opcode = header->opcode;
+  const Unique unique(header->unique);
+
+  wire::DecodeContext ctx;
+  ctx.setxattr_ext = (init_flags() & abi::FUSE_SETXATTR_EXT) != 0;
+  Result<wire::Request> req = wire::Decode(msg, ctx);
+  if (!req) {
+    if (req.error() == ENOSYS) {
+      stats_.unknown_opcodes.fetch_add(1, std::memory_order_relaxed);
+      LOG_DEBUG("unknown opcode %u", opcode);
+    } else {
+      stats_.decode_errors.fetch_add(1, std::memory_order_relaxed);
+      LOG_WARNING("malformed %s request: %s", std::string(wire::OpcodeName(opcode)).c_str(),
+                  strerror(req.error()));
+    }
+    if (wire::NeedsReply(opcode)) send(unique, req.error(), {});
+    return;
+  }
+  if (!initialized() && !std::holds_alternative<wire::InitReq>(req->body)) {
+    LOG_WARNING("%s before INIT", std::string(wire::OpcodeName(opcode)).c_str());
+    if (wire::NeedsReply(opcode)) send(unique, EIO, {});
+    return;
+  }
+
+  Result<Reply> reply = Unexpected(EIO);
+  try {
+    Context c{*this, *req};
+    reply = std::visit([&](const auto& body) { return c.On(body); }, req->body);
+  } catch (const std::bad_alloc&) {
+    reply = Unexpected(ENOMEM);
+  } catch (...) {
+    // The backstop: no project code throws, but a library might.
+    LOG_ERROR("%s: unexpected exception", std::string(wire::OpcodeName(opcode)).c_str());
+    reply = Unexpected(EIO);
+  }
+  if (options_.debug) {
+    LOG_DEBUG("%s unique=%llu node=%llu -> %s", std::string(wire::OpcodeName(opcode)).c_str(),
+              static_cast<unsigned long long>(unique.value()),
+              static_cast<unsigned long long>(req->node.value()),
+              reply ? "ok" : strerror(reply.error()));
+  }
+  if (reply && reply->none) return;
+  if (!wire::NeedsReply(opcode)) return;
+  if (!reply) {
+    send(unique, reply.error(), {});
+    return;
+  }
+  send(unique, 0, reply->body());
+}
+
+}  // namespace iomapfs::dispatch

@@ -1,0 +1,162 @@
+// The server binary's life cycle: help and version, option errors, daemon start, and clean
+// shutdown on unmount, SIGINT and SIGTERM (the mount is gone and the process exits 0).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "tests/support/test_util.h"
+
+namespace iomapfs {
+namespace {
+
+using testing::Run;
+using testing::TempDir;
+
+const std::string kBinary = IOMAPFS_BINARY;
+
+bool IsMounted(const std::string& path) {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string dev, mnt, rest;
+  while (mounts >> dev >> mnt && std::getline(mounts, rest)) {
+    if (mnt == path) return true;
+  }
+  return false;
+}
+
+// Waits until `pred` holds, up to `secs`.
+template <class Pred>
+bool WaitFor(Pred pred, int secs = 10) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(secs);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return pred();
+}
+
+class LifecycleTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!testing::IsRoot()) GTEST_SKIP() << "mounting needs root in this test";
+    if (access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "/dev/fuse is not usable";
+    std::string src = dir_.Sub("src");
+    mkdir(src.c_str(), 0755);
+    ASSERT_TRUE(testing::WriteFile(src + "/hello", "hello world\n"));
+    image_ = dir_.Sub("fs.img");
+    ASSERT_EQ(testing::MakeImage(image_, 32 << 20, "ext4", {}, src), "");
+    mnt_ = dir_.Sub("mnt");
+    mkdir(mnt_.c_str(), 0755);
+  }
+  void TearDown() override {
+    if (!mnt_.empty() && IsMounted(mnt_)) Run({"umount", "-l", mnt_});
+  }
+
+  // Starts the server in the foreground as a child; returns its pid once the mount is live.
+  pid_t StartForeground() {
+    pid_t pid = fork();
+    if (pid == 0) {
+      int devnull = open("/dev/null", O_WRONLY);
+      dup2(devnull, 1);
+      execl(kBinary.c_str(), kBinary.c_str(), image_.c_str(), mnt_.c_str(), "-f", "-o", "ro",
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    EXPECT_TRUE(WaitFor([&] { return IsMounted(mnt_); })) << "mount did not appear";
+    return pid;
+  }
+
+  int WaitExit(pid_t pid) {
+    int status = 0;
+    bool exited = WaitFor([&] { return waitpid(pid, &status, WNOHANG) == pid; });
+    if (!exited) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  TempDir dir_;
+  std::string image_;
+  std::string mnt_;
+};
+
+TEST(CliTest, HelpAndVersion) {
+  auto help = Run({kBinary, "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.output.find("usage: iomapfs IMAGE MOUNTPOINT"), std::string::npos);
+  for (const char* opt : {"fakeroot", "allow_other", "offset=BYTES", "norecovery", "-f", "-d"}) {
+    EXPECT_NE(help.output.find(opt), std::string::npos) << opt;
+  }
+  auto version = Run({kBinary, "--version"});
+  EXPECT_EQ(version.exit_code, 0);
+  EXPECT_NE(version.output.find("iomapfs "), std::string::npos);
+}
+
+TEST(CliTest, BadArgumentsAreRefusedClearly) {
+  auto none = Run({kBinary});
+  EXPECT_EQ(none.exit_code, 2);
+  EXPECT_NE(none.output.find("need an IMAGE and a MOUNTPOINT"), std::string::npos);
+  auto bad = Run({kBinary, "img", "mnt", "-o", "nonsense"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.output.find("unknown option 'nonsense'"), std::string::npos) << bad.output;
+  auto off = Run({kBinary, "img", "mnt", "-o", "offset=12x"});
+  EXPECT_EQ(off.exit_code, 2);
+  EXPECT_NE(off.output.find("bad offset"), std::string::npos) << off.output;
+  auto rw = Run({kBinary, "img", "mnt", "-o", "rw"});
+  EXPECT_NE(rw.exit_code, 0);
+  EXPECT_NE(rw.output.find("read-write"), std::string::npos) << rw.output;
+}
+
+TEST_F(LifecycleTest, DaemonServesAndExitsOnUnmount) {
+  auto r = Run({kBinary, image_, mnt_, "-o", "ro"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(IsMounted(mnt_));
+  std::ifstream f(mnt_ + "/hello");
+  std::string line;
+  std::getline(f, line);
+  EXPECT_EQ(line, "hello world");
+  f.close();
+  ASSERT_EQ(Run({"umount", mnt_}).exit_code, 0);
+  // The daemon must be gone: no process still holds the image open for writing or reading.
+  EXPECT_TRUE(WaitFor([&] {
+    return Run({"fuser", image_}).exit_code != 0;
+  })) << "server still running after unmount";
+}
+
+TEST_F(LifecycleTest, ForegroundExitsZeroOnUnmount) {
+  pid_t pid = StartForeground();
+  ASSERT_EQ(Run({"umount", mnt_}).exit_code, 0);
+  EXPECT_EQ(WaitExit(pid), 0);
+}
+
+TEST_F(LifecycleTest, SigtermUnmountsAndExitsZero) {
+  pid_t pid = StartForeground();
+  kill(pid, SIGTERM);
+  EXPECT_EQ(WaitExit(pid), 0);
+  EXPECT_FALSE(IsMounted(mnt_));
+}
+
+TEST_F(LifecycleTest, SigintUnmountsAndExitsZero) {
+  pid_t pid = StartForeground();
+  kill(pid, SIGINT);
+  EXPECT_EQ(WaitExit(pid), 0);
+  EXPECT_FALSE(IsMounted(mnt_));
+}
+
+TEST_F(LifecycleTest, MissingMountpointFails) {
+  auto r = Run({kBinary, image_, dir_.Sub("no-such-dir"), "-o", "ro"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("bad mountpoint"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace iomapfs
