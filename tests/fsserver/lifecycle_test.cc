@@ -17,8 +17,8 @@
 namespace iomapfs {
 namespace {
 
-using testing::Run;
-using testing::TempDir;
+namespace tu = ::iomapfs::testing;
+using tu::TempDir;
 
 const std::string kBinary = IOMAPFS_BINARY;
 
@@ -45,18 +45,18 @@ bool WaitFor(Pred pred, int secs = 10) {
 class LifecycleTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!testing::IsRoot()) GTEST_SKIP() << "mounting needs root in this test";
+    if (!tu::IsRoot()) GTEST_SKIP() << "mounting needs root in this test";
     if (access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "/dev/fuse is not usable";
     std::string src = dir_.Sub("src");
     mkdir(src.c_str(), 0755);
-    ASSERT_TRUE(testing::WriteFile(src + "/hello", "hello world\n"));
+    ASSERT_TRUE(tu::WriteFile(src + "/hello", "hello world\n"));
     image_ = dir_.Sub("fs.img");
-    ASSERT_EQ(testing::MakeImage(image_, 32 << 20, "ext4", {}, src), "");
+    ASSERT_EQ(tu::MakeImage(image_, 32 << 20, "ext4", {}, src), "");
     mnt_ = dir_.Sub("mnt");
     mkdir(mnt_.c_str(), 0755);
   }
   void TearDown() override {
-    if (!mnt_.empty() && IsMounted(mnt_)) Run({"umount", "-l", mnt_});
+    if (!mnt_.empty() && IsMounted(mnt_)) tu::Run({"umount", "-l", mnt_});
   }
 
   // Starts the server in the foreground as a child; returns its pid once the mount is live.
@@ -90,34 +90,34 @@ class LifecycleTest : public ::testing::Test {
 };
 
 TEST(CliTest, HelpAndVersion) {
-  auto help = Run({kBinary, "--help"});
+  auto help = tu::Run({kBinary, "--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.output.find("usage: iomapfs IMAGE MOUNTPOINT"), std::string::npos);
   for (const char* opt : {"fakeroot", "allow_other", "offset=BYTES", "norecovery", "-f", "-d"}) {
     EXPECT_NE(help.output.find(opt), std::string::npos) << opt;
   }
-  auto version = Run({kBinary, "--version"});
+  auto version = tu::Run({kBinary, "--version"});
   EXPECT_EQ(version.exit_code, 0);
   EXPECT_NE(version.output.find("iomapfs "), std::string::npos);
 }
 
 TEST(CliTest, BadArgumentsAreRefusedClearly) {
-  auto none = Run({kBinary});
+  auto none = tu::Run({kBinary});
   EXPECT_EQ(none.exit_code, 2);
   EXPECT_NE(none.output.find("need an IMAGE and a MOUNTPOINT"), std::string::npos);
-  auto bad = Run({kBinary, "img", "mnt", "-o", "nonsense"});
+  auto bad = tu::Run({kBinary, "img", "mnt", "-o", "nonsense"});
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.output.find("unknown option 'nonsense'"), std::string::npos) << bad.output;
-  auto off = Run({kBinary, "img", "mnt", "-o", "offset=12x"});
+  auto off = tu::Run({kBinary, "img", "mnt", "-o", "offset=12x"});
   EXPECT_EQ(off.exit_code, 2);
   EXPECT_NE(off.output.find("bad offset"), std::string::npos) << off.output;
-  auto rw = Run({kBinary, "img", "mnt", "-o", "rw"});
+  auto rw = tu::Run({kBinary, "img", "mnt", "-o", "rw"});
   EXPECT_NE(rw.exit_code, 0);
   EXPECT_NE(rw.output.find("read-write"), std::string::npos) << rw.output;
 }
 
 TEST_F(LifecycleTest, DaemonServesAndExitsOnUnmount) {
-  auto r = Run({kBinary, image_, mnt_, "-o", "ro"});
+  auto r = tu::Run({kBinary, image_, mnt_, "-o", "ro"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   ASSERT_TRUE(IsMounted(mnt_));
   std::ifstream f(mnt_ + "/hello");
@@ -125,16 +125,16 @@ TEST_F(LifecycleTest, DaemonServesAndExitsOnUnmount) {
   std::getline(f, line);
   EXPECT_EQ(line, "hello world");
   f.close();
-  ASSERT_EQ(Run({"umount", mnt_}).exit_code, 0);
+  ASSERT_EQ(tu::Run({"umount", mnt_}).exit_code, 0);
   // The daemon must be gone: no process still holds the image open for writing or reading.
   EXPECT_TRUE(WaitFor([&] {
-    return Run({"fuser", image_}).exit_code != 0;
+    return tu::Run({"fuser", image_}).exit_code != 0;
   })) << "server still running after unmount";
 }
 
 TEST_F(LifecycleTest, ForegroundExitsZeroOnUnmount) {
   pid_t pid = StartForeground();
-  ASSERT_EQ(Run({"umount", mnt_}).exit_code, 0);
+  ASSERT_EQ(tu::Run({"umount", mnt_}).exit_code, 0);
   EXPECT_EQ(WaitExit(pid), 0);
 }
 
@@ -153,7 +153,7 @@ TEST_F(LifecycleTest, SigintUnmountsAndExitsZero) {
 }
 
 TEST_F(LifecycleTest, MissingMountpointFails) {
-  auto r = Run({kBinary, image_, dir_.Sub("no-such-dir"), "-o", "ro"});
+  auto r = tu::Run({kBinary, image_, dir_.Sub("no-such-dir"), "-o", "ro"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("bad mountpoint"), std::string::npos) << r.output;
 }
