@@ -333,7 +333,7 @@ enum fuse_opcode : uint32_t {
   CUSE_INIT = 4096,
 
   // Reserved opcodes: helpful to detect structure endian-ness.
-  CUSE_INIT_BSWAP_RESERVED = 1048576,   // CUSE_INIT << 8
+  CUSE_INIT_BSWAP_RESERVED = 1048576,    // CUSE_INIT << 8
   FUSE_INIT_BSWAP_RESERVED = 436207616,  // FUSE_INIT << 24
 };
 
@@ -372,8 +372,8 @@ inline constexpr size_t FUSE_COMPAT_22_INIT_OUT_SIZE = 24;
 // Per-opcode structs.
 
 struct fuse_entry_out {
-  uint64_t nodeid;      // Inode ID
-  uint64_t generation;  // Inode generation: nodeid:gen must be unique for the fs's lifetime
+  uint64_t nodeid;       // Inode ID
+  uint64_t generation;   // Inode generation: nodeid:gen must be unique for the fs's lifetime
   uint64_t entry_valid;  // Cache timeout for the name
   uint64_t attr_valid;   // Cache timeout for the attributes
   uint32_t entry_valid_nsec;
@@ -1228,7 +1228,7 @@ static_assert(sizeof(fuse_iomap_dev_inval_out) == 24);
 // Body of FUSE_NOTIFY_IOMAP_UPSERT_MAPPINGS (spec §12.3).
 struct fuse_iomap_upsert_mappings_out {
   uint64_t nodeid;
-  uint64_t attr_ino;  // must equal the inode's fuse_attr.ino
+  uint64_t attr_ino;    // must equal the inode's fuse_attr.ino
   fuse_iomap_io read;   // or type NOCACHE
   fuse_iomap_io write;  // or type NOCACHE
 };

@@ -247,8 +247,7 @@ std::vector<std::byte> EncodeNotifyInvalInode(Ino ino, int64_t off, int64_t len)
   return Notify(FUSE_NOTIFY_INVAL_INODE, o);
 }
 
-std::vector<std::byte> EncodeNotifyInvalEntry(Ino parent, std::string_view name,
-                                              uint32_t flags) {
+std::vector<std::byte> EncodeNotifyInvalEntry(Ino parent, std::string_view name, uint32_t flags) {
   fuse_notify_inval_entry_out o{};
   o.parent = NodeIdFromIno(parent);
   o.namelen = static_cast<uint32_t>(name.size());

@@ -52,8 +52,7 @@ abi::fuse_out_header ReplyHeader(Unique unique, int error, size_t body_len);
 abi::fuse_out_header NotifyHeader(abi::fuse_notify_code code, size_t body_len);
 
 // A whole reply (header + body) in one buffer, for small replies and tests.
-std::vector<std::byte> EncodeReply(Unique unique, int error,
-                                   std::span<const std::byte> body = {});
+std::vector<std::byte> EncodeReply(Unique unique, int error, std::span<const std::byte> body = {});
 
 // The bytes of a trivially copyable value.
 template <class T>
@@ -162,8 +161,8 @@ abi::fuse_iomap_ioend_out MakeIomapIoendOut(uint64_t newsize);
 
 // IOMAP_CONFIG reply contents; the flags bits select which fields the kernel reads.
 struct IomapConfig {
-  uint64_t flags = 0;      // FUSE_IOMAP_CONFIG_*
-  std::string_view s_id;   // truncated to 31 bytes, NUL-padded
+  uint64_t flags = 0;             // FUSE_IOMAP_CONFIG_*
+  std::string_view s_id;          // truncated to 31 bytes, NUL-padded
   std::span<const uint8_t> uuid;  // at most 16 bytes used
   uint32_t blocksize = 0;
   uint32_t max_links = 0;
@@ -230,8 +229,7 @@ std::vector<std::byte> EncodeNotifyInvalEntry(Ino parent, std::string_view name,
 std::vector<std::byte> EncodeNotifyDelete(Ino parent, Ino child, std::string_view name);
 
 // STORE: put data into the page cache of ino at offset.
-std::vector<std::byte> EncodeNotifyStore(Ino ino, uint64_t offset,
-                                         std::span<const std::byte> data);
+std::vector<std::byte> EncodeNotifyStore(Ino ino, uint64_t offset, std::span<const std::byte> data);
 
 // RETRIEVE: ask for size bytes of ino's page cache at offset; the kernel answers with a
 // NOTIFY_REPLY request whose unique is notify_unique.
@@ -253,8 +251,7 @@ std::vector<std::byte> EncodeNotifyIomapUpsert(Ino ino, const abi::fuse_iomap_io
                                                const abi::fuse_iomap_io& write);
 
 // IOMAP_INVAL_MAPPINGS: a zero length leaves that fork alone; FUSE_IOMAP_INVAL_TO_EOF = to EOF.
-std::vector<std::byte> EncodeNotifyIomapInval(Ino ino, abi::fuse_range read,
-                                              abi::fuse_range write);
+std::vector<std::byte> EncodeNotifyIomapInval(Ino ino, abi::fuse_range read, abi::fuse_range write);
 
 // IOMAP_DEV_INVAL: drop the block device's page cache for range (device bytes).
 std::vector<std::byte> EncodeNotifyIomapDevInval(uint32_t dev, abi::fuse_range range);

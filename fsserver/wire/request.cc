@@ -63,8 +63,7 @@ constexpr OpInfo kOps[] = {
     {FUSE_IOCTL, "FUSE_IOCTL", sizeof(fuse_ioctl_in), NodeKind::kRequired, true},
     {FUSE_POLL, "FUSE_POLL", sizeof(fuse_poll_in), NodeKind::kRequired, true},
     {FUSE_NOTIFY_REPLY, "FUSE_NOTIFY_REPLY", 0, NodeKind::kRequired, false},
-    {FUSE_BATCH_FORGET, "FUSE_BATCH_FORGET", sizeof(fuse_batch_forget_in), NodeKind::kNone,
-     false},
+    {FUSE_BATCH_FORGET, "FUSE_BATCH_FORGET", sizeof(fuse_batch_forget_in), NodeKind::kNone, false},
     {FUSE_FALLOCATE, "FUSE_FALLOCATE", sizeof(fuse_fallocate_in), NodeKind::kRequired, true},
     {FUSE_READDIRPLUS, "FUSE_READDIRPLUS", sizeof(fuse_read_in), NodeKind::kRequired, true},
     {FUSE_RENAME2, "FUSE_RENAME2", sizeof(fuse_rename2_in), NodeKind::kRequired, true},
@@ -78,14 +77,10 @@ constexpr OpInfo kOps[] = {
      NodeKind::kRequired, true},
     {FUSE_FREEZE_FS, "FUSE_FREEZE_FS", sizeof(fuse_freezefs_in), NodeKind::kRequired, true},
     {FUSE_UNFREEZE_FS, "FUSE_UNFREEZE_FS", 0, NodeKind::kRequired, true},
-    {FUSE_SHUTDOWN_FS, "FUSE_SHUTDOWN_FS", sizeof(fuse_shutdownfs_in), NodeKind::kRequired,
-     true},
-    {FUSE_IOMAP_CONFIG, "FUSE_IOMAP_CONFIG", sizeof(fuse_iomap_config_in), NodeKind::kNone,
-     true},
-    {FUSE_IOMAP_IOEND, "FUSE_IOMAP_IOEND", sizeof(fuse_iomap_ioend_in), NodeKind::kRequired,
-     true},
-    {FUSE_IOMAP_BEGIN, "FUSE_IOMAP_BEGIN", sizeof(fuse_iomap_begin_in), NodeKind::kRequired,
-     true},
+    {FUSE_SHUTDOWN_FS, "FUSE_SHUTDOWN_FS", sizeof(fuse_shutdownfs_in), NodeKind::kRequired, true},
+    {FUSE_IOMAP_CONFIG, "FUSE_IOMAP_CONFIG", sizeof(fuse_iomap_config_in), NodeKind::kNone, true},
+    {FUSE_IOMAP_IOEND, "FUSE_IOMAP_IOEND", sizeof(fuse_iomap_ioend_in), NodeKind::kRequired, true},
+    {FUSE_IOMAP_BEGIN, "FUSE_IOMAP_BEGIN", sizeof(fuse_iomap_begin_in), NodeKind::kRequired, true},
     {FUSE_IOMAP_END, "FUSE_IOMAP_END", sizeof(fuse_iomap_end_in), NodeKind::kRequired, true},
 };
 
@@ -232,14 +227,12 @@ Result<Body> DecodeBody(uint32_t opcode, ByteReader& a0, ByteReader& rest) {
     case FUSE_READ: {
       IOMAPFS_ASSIGN_OR_RETURN(auto in, ReadStruct<fuse_read_in>(a0));
       IOMAPFS_TRY(ExpectEnd(rest));
-      return ReadReq{FileHandle(in.fh), in.offset, in.size, in.read_flags, in.lock_owner,
-                     in.flags};
+      return ReadReq{FileHandle(in.fh), in.offset, in.size, in.read_flags, in.lock_owner, in.flags};
     }
     case FUSE_WRITE: {
       IOMAPFS_ASSIGN_OR_RETURN(auto in, ReadStruct<fuse_write_in>(a0));
       IOMAPFS_ASSIGN_OR_RETURN(auto data, ReadExactly(rest, in.size));
-      return WriteReq{FileHandle(in.fh), in.offset, in.write_flags, in.lock_owner, in.flags,
-                      data};
+      return WriteReq{FileHandle(in.fh), in.offset, in.write_flags, in.lock_owner, in.flags, data};
     }
     case FUSE_STATFS:
       IOMAPFS_TRY(ExpectEnd(rest));
@@ -316,8 +309,8 @@ Result<Body> DecodeBody(uint32_t opcode, ByteReader& a0, ByteReader& rest) {
     case FUSE_SETLKW: {
       IOMAPFS_ASSIGN_OR_RETURN(auto in, ReadStruct<fuse_lk_in>(a0));
       IOMAPFS_TRY(ExpectEnd(rest));
-      return LkReq{FileHandle(in.fh), in.owner,          in.lk, in.lk_flags,
-                   opcode != FUSE_GETLK, opcode == FUSE_SETLKW};
+      return LkReq{FileHandle(in.fh),    in.owner, in.lk, in.lk_flags, opcode != FUSE_GETLK,
+                   opcode == FUSE_SETLKW};
     }
     case FUSE_ACCESS: {
       IOMAPFS_ASSIGN_OR_RETURN(auto in, ReadStruct<fuse_access_in>(a0));
@@ -375,9 +368,9 @@ Result<Body> DecodeBody(uint32_t opcode, ByteReader& a0, ByteReader& rest) {
       IOMAPFS_ASSIGN_OR_RETURN(auto in, ReadStruct<fuse_copy_file_range_in>(a0));
       IOMAPFS_TRY(ExpectEnd(rest));
       IOMAPFS_ASSIGN_OR_RETURN(Ino node_out, InoFromNodeId(in.nodeid_out));
-      return CopyFileRangeReq{FileHandle(in.fh_in),  in.off_in, node_out, FileHandle(in.fh_out),
-                              in.off_out,            in.len,    in.flags,
-                              opcode == FUSE_COPY_FILE_RANGE_64};
+      return CopyFileRangeReq{
+          FileHandle(in.fh_in), in.off_in, node_out, FileHandle(in.fh_out),
+          in.off_out,           in.len,    in.flags, opcode == FUSE_COPY_FILE_RANGE_64};
     }
     case FUSE_SYNCFS: {
       IOMAPFS_ASSIGN_OR_RETURN(auto in, ReadStruct<fuse_syncfs_in>(a0));
@@ -404,8 +397,8 @@ Result<Body> DecodeBody(uint32_t opcode, ByteReader& a0, ByteReader& rest) {
     case FUSE_IOMAP_IOEND: {
       IOMAPFS_ASSIGN_OR_RETURN(auto in, ReadStruct<fuse_iomap_ioend_in>(a0));
       IOMAPFS_TRY(ExpectEnd(rest));
-      return IomapIoendReq{in.flags,    in.error,   Ino(in.attr_ino), in.pos,
-                           in.new_addr, in.written, in.dev};
+      return IomapIoendReq{in.flags,   in.error, Ino(in.attr_ino), in.pos, in.new_addr,
+                           in.written, in.dev};
     }
     case FUSE_IOMAP_CONFIG: {
       IOMAPFS_ASSIGN_OR_RETURN(auto in, ReadStruct<fuse_iomap_config_in>(a0));
