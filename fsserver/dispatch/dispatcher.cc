@@ -416,6 +416,8 @@ void Dispatcher::Handle(std::span<const std::byte> msg, ReplySink& sink) {
     if (req.error() == ENOSYS) {
       stats_.unknown_opcodes.fetch_add(1, std::memory_order_relaxed);
       LOG_DEBUG("unknown opcode %u", opcode);
+    } else if (req.error() == ESTALE) {
+      LOG_DEBUG("%s for a stale node id", std::string(wire::OpcodeName(opcode)).c_str());
     } else {
       stats_.decode_errors.fetch_add(1, std::memory_order_relaxed);
       LOG_WARNING("malformed %s request: %s", std::string(wire::OpcodeName(opcode)).c_str(),
