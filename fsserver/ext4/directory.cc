@@ -243,20 +243,23 @@ int CollectEntry(ext2_ino_t /*dir*/, int /*entry*/, ext2_dir_entry* de, int /*of
 
 // Walks the whole directory with libext2fs (which verifies block checksums and handles inline
 // data), calling CollectEntry for each used entry.
-Result<void> Iterate(ext2_filsys fs, Ino dir, IterateState* st) {
+Result<void> Iterate(ext2_filsys fs, Ino dir, const InodeBuf& inode, IterateState* st) {
   st->fs = fs;
-  errcode_t err = ext2fs_dir_iterate2(fs, static_cast<ext2_ino_t>(dir.value()),
-                                      DIRENT_FLAG_INCLUDE_INLINE_DATA, nullptr, CollectEntry, st);
+  // DIRENT_FLAG_INCLUDE_INLINE_DATA makes libext2fs fail (EXT2_ET_NO_INLINE_DATA) on a block
+  // directory: pass it only for inline-data directories.
+  int flags = (inode.flags() & kFlagInlineData) != 0 ? DIRENT_FLAG_INCLUDE_INLINE_DATA : 0;
+  errcode_t err = ext2fs_dir_iterate2(fs, static_cast<ext2_ino_t>(dir.value()), flags, nullptr,
+                                      CollectEntry, st);
   if (err != 0) return Unexpected(ext2::ErrnoFromErrcode(err));
   return {};
 }
 
 // Every used entry of `dir` in on-disk order; DirEntry::type holds the raw EXT2_FT_* value.
-Result<std::vector<DirEntry>> ListRaw(ext2_filsys fs, Ino dir) {
+Result<std::vector<DirEntry>> ListRaw(ext2_filsys fs, Ino dir, const InodeBuf& inode) {
   std::vector<DirEntry> entries;
   IterateState st;
   st.out = &entries;
-  IOMAPFS_TRY(Iterate(fs, dir, &st));
+  IOMAPFS_TRY(Iterate(fs, dir, inode, &st));
   return entries;
 }
 
@@ -284,9 +287,8 @@ uint32_t DtypeFromFileType(ext2_filsys fs, uint8_t file_type) {
   }
 }
 
-Result<std::vector<DirEntry>> ListDirectory(const ext2::Guard& g, Ino dir,
-                                            const InodeBuf& /*inode*/) {
-  IOMAPFS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, ListRaw(g.fs(), dir));
+Result<std::vector<DirEntry>> ListDirectory(const ext2::Guard& g, Ino dir, const InodeBuf& inode) {
+  IOMAPFS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, ListRaw(g.fs(), dir, inode));
   for (DirEntry& e : entries) e.type = DtypeFromFileType(g.fs(), static_cast<uint8_t>(e.type));
   // "." then ".." first; everything else keeps its on-disk order.
   auto rank = [](const DirEntry& e) { return e.name == "." ? 0 : e.name == ".." ? 1 : 2; };
@@ -326,7 +328,7 @@ Result<std::optional<DirHit>> DirIndex::Find(const ext2::Guard& g, Ino dir, cons
     IterateState st;
     st.want = name;
     st.charset = charset;
-    IOMAPFS_TRY(Iterate(fs, dir, &st));
+    IOMAPFS_TRY(Iterate(fs, dir, inode, &st));
     ++stats_.linear_scans;
     return st.hit;
   }
@@ -338,13 +340,13 @@ Result<std::optional<DirHit>> DirIndex::Find(const ext2::Guard& g, Ino dir, cons
 
 Result<std::shared_ptr<const DirIndex::NameIndex>> DirIndex::GetOrBuild(const ext2::Guard& g,
                                                                         Ino dir,
-                                                                        const InodeBuf& /*inode*/) {
+                                                                        const InodeBuf& inode) {
   if (auto it = slots_.find(dir); it != slots_.end()) {
     lru_.splice(lru_.begin(), lru_, it->second.lru_pos);
     ++stats_.index_hits;
     return it->second.index;
   }
-  IOMAPFS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, ListRaw(g.fs(), dir));
+  IOMAPFS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, ListRaw(g.fs(), dir, inode));
   auto index = std::make_shared<NameIndex>();
   index->names.reserve(entries.size());
   for (DirEntry& e : entries) {
