@@ -1,0 +1,425 @@
+#include "bpf/codegen.h"
+
+#include <atomic>
+#include <bit>
+#include <cstring>
+
+#include "base/log.h"
+#include "bpf/assembler.h"
+
+namespace iomapfs::bpf {
+
+using iomap::Mapping;
+using iomap::MappingType;
+
+const char* StrategyName(Strategy s) {
+  switch (s) {
+    case Strategy::kNone:
+      return "none";
+    case Strategy::kArithmetic:
+      return "arithmetic";
+    case Strategy::kTree:
+      return "tree";
+    case Strategy::kMapSearch:
+      return "map-search";
+  }
+  return "?";
+}
+
+namespace {
+
+// The 8 bytes at offset 24 of a fuse_iomap_io: type, flags, dev.
+uint64_t TypeWord(const IomapIo& io) {
+  return uint64_t{io.type} | uint64_t{io.flags} << 16 | uint64_t{io.dev} << 32;
+}
+
+// Code shared by every strategy: prologue, the epilogue that writes the reply from
+// r2 offset, r3 length, r4 addr, r5 type word, and the fallback exit.
+class Gen {
+ public:
+  Gen(const FileMap& map, uint64_t seq, Abi abi) : map_(map), seq_(seq), abi_(abi) {
+    fallback_ = a_.NewLabel();
+    epilogue_ = a_.NewLabel();
+  }
+
+  Assembler& a() { return a_; }
+  Label fallback() const { return fallback_; }
+  Label epilogue() const { return epilogue_; }
+
+  // if reg != value goto target (r0 is scratch).
+  void JumpIfNe(Reg reg, uint64_t value, Label target) {
+    if (value <= INT32_MAX)
+      return a_.JumpIfImm(Cond::kNe, reg, static_cast<int64_t>(value), target);
+    a_.MovImm(R0, value);
+    a_.JumpIf(Cond::kNe, reg, R0, target);
+  }
+  // if reg <cond> value goto target, unsigned (r0 is scratch).
+  void JumpIfCmp(Cond cond, Reg reg, uint64_t value, Label target) {
+    if (value <= INT32_MAX) return a_.JumpIfImm(cond, reg, static_cast<int64_t>(value), target);
+    a_.MovImm(R0, value);
+    a_.JumpIf(cond, reg, R0, target);
+  }
+
+  void Prologue() {
+    if (abi_ == Abi::kSyscall) {
+      a_.Mov(R6, R1);
+      a_.Load(Size::kDW, R2, R6, kCtxNodeid);
+      JumpIfNe(R2, map_.nodeid, fallback_);
+      a_.Load(Size::kDW, R2, R6, kCtxExpectSeq);
+      JumpIfNe(R2, seq_, fallback_);
+      a_.Load(Size::kDW, R7, R6, kCtxPos);
+      a_.Load(Size::kW, R8, R6, kCtxOpflags);
+    } else {
+      // struct_ops programs see the hook's arguments as u64 args[]: inode, pos, count, opflags,
+      // outarg (spec §13.2); the node id check is the dispatcher's.
+      a_.Load(Size::kDW, R7, R1, 8);
+      a_.Load(Size::kW, R8, R1, 24);
+      a_.Load(Size::kDW, R6, R1, 32);
+    }
+    a_.Mov(R1, R7);
+    a_.Alu64Imm(Alu::kRsh, R1, std::countr_zero(kPosLimit));
+    a_.JumpIfImm(Cond::kNe, R1, 0, fallback_);
+    a_.JumpIfImm(Cond::kSet, R8, kNeverOps, fallback_);
+    a_.Alu64Imm(Alu::kAnd, R8, static_cast<int32_t>(kWriteOps));
+  }
+
+  // Loads the reply for interval `m` into r2..r5 and jumps to the epilogue.
+  void Leaf(const Mapping& m) {
+    IomapIo io = ReadSlot(map_, m);
+    a_.MovImm(R2, io.offset);
+    a_.MovImm(R3, io.length);
+    a_.MovImm(R4, io.addr);
+    a_.MovImm(R5, TypeWord(io));
+    a_.Jump(epilogue_);
+  }
+
+  void Epilogue() {
+    const int out = abi_ == Abi::kSyscall ? kCtxOut : 0;
+    Label store = a_.NewLabel();
+    a_.Bind(epilogue_);
+    // Write ops are answered only over written blocks (allocation and conversion need the server).
+    a_.JumpIfImm(Cond::kEq, R8, 0, store);
+    a_.Mov(R1, R5);
+    a_.Alu64Imm(Alu::kAnd, R1, 0xffff);
+    a_.JumpIfImm(Cond::kNe, R1, static_cast<int>(MappingType::kMapped), fallback_);
+    a_.Bind(store);
+    a_.Store(Size::kDW, R6, out + 0, R2);
+    a_.Store(Size::kDW, R6, out + 8, R3);
+    a_.Store(Size::kDW, R6, out + 16, R4);
+    a_.Store(Size::kDW, R6, out + 24, R5);
+    // Write slot: PURE_OVERWRITE over the same range, no address, no device (spec §4.2).
+    a_.Store(Size::kDW, R6, out + 32, R2);
+    a_.Store(Size::kDW, R6, out + 40, R3);
+    a_.StoreImm(Size::kDW, R6, out + 48, -1);
+    a_.StoreImm(Size::kDW, R6, out + 56, kTypePureOverwrite);
+    a_.MovImm(R0, kFibHandled);
+    a_.Exit();
+    a_.Bind(fallback_);
+    a_.MovImm(R0, kFibFallback);
+    a_.Exit();
+  }
+
+  Result<Generated> Finish(Strategy s) {
+    auto insns = a_.Finish();
+    if (!insns) {
+      LOG_ERROR("bpf codegen (%s): %s", StrategyName(s), a_.error_message().c_str());
+      return Unexpected(insns.error());
+    }
+    Generated g;
+    g.strategy = s;
+    g.insns = std::move(*insns);
+    return g;
+  }
+
+ private:
+  const FileMap& map_;
+  uint64_t seq_;
+  Abi abi_;
+  Assembler a_;
+  Label fallback_;
+  Label epilogue_;
+};
+
+void EmitTree(Gen& g, const std::vector<Mapping>& iv, size_t lo, size_t hi) {
+  if (hi - lo == 1) return g.Leaf(iv[lo]);
+  size_t mid = lo + (hi - lo) / 2;
+  Label right = g.a().NewLabel();
+  g.JumpIfCmp(Cond::kGe, R7, iv[mid].offset, right);
+  EmitTree(g, iv, lo, mid);
+  g.a().Bind(right);
+  EmitTree(g, iv, mid, hi);
+}
+
+Result<Generated> GenTree(const FileMap& map, uint64_t seq, Abi abi) {
+  Gen g(map, seq, abi);
+  g.Prologue();
+  EmitTree(g, map.intervals, 0, map.intervals.size());
+  g.Epilogue();
+  return g.Finish(Strategy::kTree);
+}
+
+Result<Generated> GenArithmetic(const FileMap& map, uint64_t seq, Abi abi) {
+  StrideShape s;
+  if (!DetectStride(map, &s)) return Unexpected(EINVAL);
+  Gen g(map, seq, abi);
+  Assembler& a = g.a();
+  g.Prologue();
+  const std::vector<Mapping>& iv = map.intervals;
+  if (s.first > 0) {
+    Label past = a.NewLabel();
+    g.JumpIfCmp(Cond::kGe, R7, s.first, past);
+    g.Leaf(iv.front());
+    a.Bind(past);
+  }
+  const uint64_t last_end = s.first + (s.count - 1) * s.stride + s.length;
+  Label inside = a.NewLabel();
+  g.JumpIfCmp(Cond::kLt, R7, last_end, inside);
+  g.Leaf(iv.back());
+  a.Bind(inside);
+  const uint64_t type_word = uint64_t{s.type} | uint64_t{s.flags} << 16 | uint64_t{map.dev} << 32;
+  if (s.count == 1) {
+    a.MovImm(R2, s.first);
+    a.MovImm(R3, s.length);
+    a.MovImm(R4, s.addr0);
+    a.MovImm(R5, type_word);
+    a.Jump(g.epilogue());
+    g.Epilogue();
+    return g.Finish(Strategy::kArithmetic);
+  }
+  const bool pow2 = std::has_single_bit(s.stride);
+  const int shift = std::countr_zero(s.stride);
+  a.MovImm(R0, s.first);
+  a.Mov(R1, R7);
+  a.Alu64(Alu::kSub, R1, R0);  // r1 = pos - first
+  a.Mov(R3, R1);
+  if (pow2) {
+    a.Alu64Imm(Alu::kRsh, R3, shift);
+  } else {
+    a.MovImm(R0, s.stride);
+    a.Alu64(Alu::kDiv, R3, R0);  // r3 = k, the extent number
+  }
+  a.Mov(R4, R3);
+  if (pow2) {
+    a.Alu64Imm(Alu::kLsh, R4, shift);
+  } else {
+    a.Alu64(Alu::kMul, R4, R0);  // r4 = k * stride
+  }
+  a.Alu64(Alu::kSub, R1, R4);  // r1 = offset within the stride
+  a.MovImm(R2, s.first);
+  a.Alu64(Alu::kAdd, R2, R4);  // r2 = the extent's offset
+  Label gap = a.NewLabel();
+  g.JumpIfCmp(Cond::kGe, R1, s.length, gap);
+  if (s.addr_stride != 0) {
+    a.MovImm(R0, s.addr_stride);
+    a.Alu64(Alu::kMul, R3, R0);
+  } else {
+    a.MovImm(R3, 0);
+  }
+  a.MovImm(R4, s.addr0);
+  a.Alu64(Alu::kAdd, R4, R3);
+  a.MovImm(R3, s.length);
+  a.MovImm(R5, type_word);
+  a.Jump(g.epilogue());
+  a.Bind(gap);  // the hole between extent k and k + 1
+  a.MovImm(R0, s.length);
+  a.Alu64(Alu::kAdd, R2, R0);
+  a.MovImm(R3, s.stride - s.length);
+  a.MovImm(R4, iomap::kNullAddr);
+  a.MovImm(R5, 0);
+  a.Jump(g.epilogue());
+  g.Epilogue();
+  return g.Finish(Strategy::kArithmetic);
+}
+
+Result<Generated> GenMapSearch(const FileMap& map, uint64_t seq, int map_fd, Abi abi) {
+  const MapLayout layout = MapLayout::ForIntervals(map.intervals.size());
+  Gen g(map, seq, abi);
+  Assembler& a = g.a();
+  g.Prologue();
+  a.LoadMapValue(R1, map_fd, 0);
+  a.Load(Size::kDW, R9, R1, 0);  // s1
+  a.Mov(R2, R9);
+  a.Alu64Imm(Alu::kRsh, R2, 1);
+  a.Alu64Imm(Alu::kAnd, R2, 1);
+  a.Alu64Imm(Alu::kMul, R2, static_cast<int64_t>(layout.buffer_bytes()));
+  a.Alu64Imm(Alu::kAdd, R1, MapLayout::kHeaderBytes);
+  a.Alu64(Alu::kAdd, R1, R2);  // r1 = keys of the active buffer
+  a.MovImm(R2, 0);             // r2 = 8 * index of the last key <= pos
+  a.Mov(R0, R7);
+  a.Alu64Imm(Alu::kAdd, R0, 1);  // r0 = pos + 1
+  for (uint64_t step = layout.capacity / 2; step >= 1; step /= 2) {
+    const int64_t off = static_cast<int64_t>(step * 8);
+    a.Mov(R3, R1);
+    a.Alu64(Alu::kAdd, R3, R2);
+    if (off <= INT16_MAX) {
+      a.Load(Size::kDW, R3, R3, off);
+    } else {
+      a.Alu64Imm(Alu::kAdd, R3, off);
+      a.Load(Size::kDW, R3, R3, 0);
+    }
+    // Branchless: r2 += (pos >= key) ? off : 0. Both are below 2^62, so the sign bit of
+    // key - (pos + 1) is the comparison. Shifting the bit into place (rather than masking with
+    // a 0/-1 value) keeps the verifier from forking its state on every step, which newer kernels
+    // do for `x & K` when x is in [-1, 0].
+    a.Alu64(Alu::kSub, R3, R0);
+    a.Alu64Imm(Alu::kRsh, R3, 63);
+    a.Alu64Imm(Alu::kLsh, R3, std::countr_zero(static_cast<uint64_t>(off)));
+    a.Alu64(Alu::kAdd, R2, R3);
+  }
+  a.Mov(R3, R1);
+  a.Alu64(Alu::kAdd, R3, R2);
+  a.Load(Size::kDW, R0, R3, 0);  // the interval's offset
+  a.Mov(R5, R2);
+  a.Alu64Imm(Alu::kMul, R5, MapLayout::kRecordBytes / 8);
+  a.Alu64(Alu::kAdd, R5, R1);
+  a.Alu64Imm(Alu::kAdd, R5, static_cast<int64_t>(uint64_t{layout.capacity} * 8));
+  a.Mov(R2, R0);
+  a.Load(Size::kDW, R3, R5, 0);
+  a.Load(Size::kDW, R4, R5, 8);
+  a.Load(Size::kDW, R5, R5, 16);
+  // Valid only if no writer started on this buffer meanwhile (see MapLayout).
+  a.LoadMapValue(R1, map_fd, 0);
+  a.Load(Size::kDW, R1, R1, 0);
+  a.Alu64Imm(Alu::kAnd, R9, -2);
+  a.Alu64(Alu::kSub, R1, R9);
+  a.JumpIfImm(Cond::kGt, R1, 2, g.fallback());
+  a.Jump(g.epilogue());
+  g.Epilogue();
+  return g.Finish(Strategy::kMapSearch);
+}
+
+void FillBuffer(const FileMap& map, const MapLayout& layout, uint8_t* buf) {
+  auto* keys = reinterpret_cast<uint64_t*>(buf);
+  uint8_t* recs = buf + uint64_t{layout.capacity} * 8;
+  const size_t n = map.intervals.size();
+  for (size_t i = 0; i < layout.capacity; ++i) {
+    uint64_t rec[3] = {0, 0, 0};
+    if (i < n) {
+      IomapIo io = ReadSlot(map, map.intervals[i]);
+      keys[i] = io.offset;
+      rec[0] = io.length;
+      rec[1] = io.addr;
+      rec[2] = TypeWord(io);
+    } else {
+      keys[i] = kPosLimit;
+    }
+    std::memcpy(recs + i * MapLayout::kRecordBytes, rec, sizeof(rec));
+  }
+}
+
+}  // namespace
+
+bool DetectStride(const FileMap& map, StrideShape* shape) {
+  StrideShape s;
+  const Mapping* first = nullptr;
+  const Mapping* second = nullptr;
+  for (const Mapping& m : map.intervals) {
+    if (m.type == MappingType::kHole) continue;
+    if (first == nullptr) {
+      first = &m;
+    } else if (second == nullptr) {
+      second = &m;
+    }
+    ++s.count;
+  }
+  if (first == nullptr) return false;
+  s.first = first->offset;
+  s.length = first->length;
+  s.stride = second != nullptr ? second->offset - first->offset : first->length;
+  s.addr0 = first->addr;
+  s.addr_stride = second != nullptr ? second->addr - first->addr : 0;
+  s.type = static_cast<uint16_t>(first->type);
+  s.flags = first->flags;
+  // Rebuild the interval list the shape describes and require it to be identical.
+  const uint64_t max_end = MaxEnd(map.block_size);
+  size_t i = 0;
+  auto expect = [&](uint64_t off, uint64_t len, uint64_t addr, uint16_t type, uint16_t flags) {
+    if (i >= map.intervals.size()) return false;
+    const Mapping& m = map.intervals[i++];
+    return m.offset == off && m.length == len && m.addr == addr &&
+           static_cast<uint16_t>(m.type) == type && m.flags == flags;
+  };
+  if (s.first > 0 && !expect(0, s.first, iomap::kNullAddr, 0, 0)) return false;
+  for (uint64_t k = 0; k < s.count; ++k) {
+    uint64_t off = s.first + k * s.stride;
+    if (!expect(off, s.length, s.addr0 + k * s.addr_stride, s.type, s.flags)) return false;
+    if (k + 1 < s.count && s.stride > s.length &&
+        !expect(off + s.length, s.stride - s.length, iomap::kNullAddr, 0, 0)) {
+      return false;
+    }
+  }
+  uint64_t last_end = s.first + (s.count - 1) * s.stride + s.length;
+  if (!expect(last_end, max_end - last_end, iomap::kNullAddr, 0, 0)) return false;
+  if (i != map.intervals.size()) return false;
+  *shape = s;
+  return true;
+}
+
+MapLayout MapLayout::ForIntervals(size_t intervals) {
+  MapLayout l;
+  l.capacity = static_cast<uint32_t>(std::bit_ceil(std::max<size_t>(intervals, 2)));
+  return l;
+}
+
+Strategy Choose(const FileMap& map, const CodegenOptions& options, std::string* reason) {
+  auto say = [&](std::string why) {
+    if (reason != nullptr) *reason = std::move(why);
+  };
+  const size_t n = map.intervals.size();
+  StrideShape shape;
+  if (options.allow_arithmetic && DetectStride(map, &shape)) {
+    say(shape.count == 1 ? "single extent"
+                         : "exact stride of " + std::to_string(shape.count) + " extents");
+    return Strategy::kArithmetic;
+  }
+  if (options.allow_tree && n <= options.tree_max_intervals) {
+    auto gen = GenTree(map, 0, Abi::kSyscall);
+    if (gen && gen->insns.size() <= options.tree_max_insns) {
+      say(std::to_string(n) + " intervals <= " + std::to_string(options.tree_max_intervals));
+      return Strategy::kTree;
+    }
+  }
+  if (n <= options.map_max_intervals) {
+    say(std::to_string(n) + " intervals: map search");
+    return Strategy::kMapSearch;
+  }
+  say(std::to_string(n) + " intervals > map limit " + std::to_string(options.map_max_intervals));
+  return Strategy::kNone;
+}
+
+Result<Generated> Generate(const FileMap& map, uint64_t seq, Strategy strategy, int map_fd,
+                           Abi abi) {
+  switch (strategy) {
+    case Strategy::kArithmetic:
+      return GenArithmetic(map, seq, abi);
+    case Strategy::kTree:
+      return GenTree(map, seq, abi);
+    case Strategy::kMapSearch:
+      return GenMapSearch(map, seq, map_fd, abi);
+    case Strategy::kNone:
+      break;
+  }
+  Generated g;
+  g.reason = "no strategy";
+  return g;
+}
+
+void WriteInitialImage(const FileMap& map, const MapLayout& layout, uint8_t* value) {
+  std::memset(value, 0, MapLayout::kHeaderBytes);
+  uint64_t header[3] = {0, layout.capacity, map.intervals.size()};
+  std::memcpy(value, header, sizeof(header));
+  FillBuffer(map, layout, value + MapLayout::kHeaderBytes);
+}
+
+void PublishImage(const FileMap& map, const MapLayout& layout, uint8_t* value) {
+  std::atomic_ref<uint64_t> seq(*reinterpret_cast<uint64_t*>(value));
+  const uint64_t s = seq.load(std::memory_order_relaxed);
+  const uint64_t next = ((s >> 1) + 1) & 1;
+  seq.store(s + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // odd seq before any data store
+  FillBuffer(map, layout, value + MapLayout::kHeaderBytes + next * layout.buffer_bytes());
+  reinterpret_cast<uint64_t*>(value)[2] = map.intervals.size();
+  seq.store(s + 2, std::memory_order_release);
+}
+
+}  // namespace iomapfs::bpf

@@ -1,0 +1,106 @@
+// Codegen: turns a FileMap into a BPF program answering iomap_begin (see file_map.h for what it
+// answers), choosing the strategy by the shape of the file:
+//   - kArithmetic: a single extent, or extents of one length, type and flags at an exact logical
+//     and physical stride: a division (a shift for a power of two) and a few compares, ~30-60
+//     instructions for any number of extents;
+//   - kTree: up to `tree_max_intervals` intervals: a balanced decision tree over the interval
+//     starts with every constant inline, leaves jumping to one shared epilogue; rejected above
+//     `tree_max_insns` instructions;
+//   - kMapSearch: up to `map_max_intervals` intervals: a fixed, fully unrolled branchless binary
+//     search over a BPF_F_MMAPABLE array map (MapLayout) that the server rewrites in place; the
+//     program only depends on the capacity, so an extent change that fits is a data update;
+//   - kNone: anything else (too many intervals, INLINE data): no program, the server answers.
+//
+// Register use in every program: r6 context (or the reply, struct_ops), r7 pos, r8 the write-op
+// bits of opflags, r9 the map sequence number (kMapSearch).
+// Thread-safety: pure functions.
+#pragma once
+
+#include <linux/bpf.h>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/result.h"
+#include "bpf/file_map.h"
+
+namespace iomapfs::bpf {
+
+enum class Strategy { kNone, kArithmetic, kTree, kMapSearch };
+const char* StrategyName(Strategy s);
+
+struct CodegenOptions {
+  size_t tree_max_intervals = 96;
+  size_t tree_max_insns = 1024;
+  size_t map_max_intervals = 1u << 20;  // 40 MiB of double-buffered map value
+  bool allow_arithmetic = true;
+  bool allow_tree = true;
+};
+
+// The arithmetic form: `count` extents of `length` bytes at file offsets first + k*stride and
+// device addresses addr0 + k*addr_stride (mod 2^64), holes everywhere else.
+struct StrideShape {
+  uint64_t first = 0;
+  uint64_t length = 0;
+  uint64_t stride = 0;
+  uint64_t count = 0;
+  uint64_t addr0 = 0;
+  uint64_t addr_stride = 0;  // two's complement: physical strides may be negative
+  uint16_t type = 0;
+  uint16_t flags = 0;
+};
+
+// Returns: true and *shape if `map` is exactly a StrideShape (one extent included).
+bool DetectStride(const FileMap& map, StrideShape* shape);
+
+// The array-map value of kMapSearch: a header and two buffers, each holding `capacity` (a power of
+// two >= intervals) sorted interval starts followed by `capacity` 24-byte records {length, addr,
+// type | flags << 16 | dev << 32}; unused slots have start kPosLimit.
+// Readers (the program): s1 = seq; search buffer (s1 >> 1) & 1; s2 = seq; the answer is valid only
+// if s2 - (s1 & ~1) <= 2, otherwise FIB_FALLBACK. Writer: seq = s + 1; fill buffer
+// ((s >> 1) + 1) & 1; seq = s + 2. A reader that overlaps a write into its buffer therefore sees
+// s2 >= (s1 & ~1) + 3. The reader relies on the JIT keeping its loads in order (x86-TSO; weakly
+// ordered CPUs would need a read barrier that BPF lacks, short of a fully ordered atomic).
+struct MapLayout {
+  static constexpr uint32_t kHeaderBytes = 64;
+  static constexpr uint32_t kRecordBytes = 24;
+  uint32_t capacity = 0;  // power of two
+  uint64_t buffer_bytes() const { return uint64_t{capacity} * (8 + kRecordBytes); }
+  uint64_t value_bytes() const { return kHeaderBytes + 2 * buffer_bytes(); }
+  static MapLayout ForIntervals(size_t intervals);
+};
+
+// Where and how a generated program reads its arguments and writes its reply.
+enum class Abi {
+  kSyscall,    // BPF_PROG_TYPE_SYSCALL: BeginCtx (file_map.h)
+  kStructOps,  // fuse_iomap_bpf_ops.iomap_begin: u64 args[] {inode, pos, count, opflags, outarg}
+};
+
+struct Generated {
+  Strategy strategy = Strategy::kNone;
+  std::vector<bpf_insn> insns;
+  std::string reason;  // why kNone, or why a cheaper strategy was not used
+};
+
+// Picks a strategy for `map` without generating code.
+// Returns: the strategy; *reason (if not null) says why.
+Strategy Choose(const FileMap& map, const CodegenOptions& options, std::string* reason);
+
+// Generates the program for `map` with sequence number `seq`. For kMapSearch, `map_fd` is the fd
+// of an array map created for MapLayout::ForIntervals(map.intervals.size()) (see
+// CreateSearchMap); it is ignored otherwise.
+// Returns: the program (strategy kNone and a reason if the file gets none).
+// Errors: EINVAL an internal assembler error (a bug: the message is logged).
+Result<Generated> Generate(const FileMap& map, uint64_t seq, Strategy strategy, int map_fd,
+                           Abi abi = Abi::kSyscall);
+
+// Writes the header and buffer 0 of a fresh map image (`value` is value_bytes() long, zeroed).
+void WriteInitialImage(const FileMap& map, const MapLayout& layout, uint8_t* value);
+
+// Publishes `map` into the inactive buffer of a live image and flips to it (the writer protocol
+// above). REQUIRES: one writer at a time; map.intervals.size() <= layout.capacity.
+void PublishImage(const FileMap& map, const MapLayout& layout, uint8_t* value);
+
+}  // namespace iomapfs::bpf
