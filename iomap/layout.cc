@@ -6,11 +6,14 @@ namespace iomapfs::iomap {
 namespace {
 
 // Errors from walking on-disk structures. A short read means a pointer past the end of the
-// device (Ext2Fs::Open checked that the device holds every block of the filesystem), and the
-// handle's navigation errors mean the tree is not shaped as its headers claim: both are
-// corruption, not I/O errors.
+// device (Ext2Fs::Open checked that the device holds every block of the filesystem); EINVAL and
+// EOVERFLOW come from the I/O manager's lseek for a pointer so large that its byte offset does
+// not fit an off_t; the handle's navigation errors mean the tree is not shaped as its headers
+// claim. All of these are corruption, not I/O errors.
 int WalkErrno(errcode_t err) {
   switch (err) {
+    case EINVAL:
+    case EOVERFLOW:
     case EXT2_ET_SHORT_READ:
     case EXT2_ET_EXTENT_NO_NEXT:
     case EXT2_ET_EXTENT_NO_PREV:
@@ -100,15 +103,12 @@ Result<Window> LoadExtentWindow(const ext2::Guard& g, ext2_ino_t ino, ext2_inode
   Window w;
   w.start = target;
   w.end = kExtentLblkLimit;
-  err = ext2fs_extent_goto2(raw, 0, target);
-  if (err == EXT2_ET_EXTENT_NO_NEXT) {
+  if (info.num_entries == 0) {
     // An empty root: the whole file is a hole.
-    if (ext2fs_extent_get_info(raw, &info) == 0 && info.num_entries == 0) {
-      w.start = 0;
-      return w;
-    }
-    return Unexpected(kEfsCorrupted);
+    w.start = 0;
+    return w;
   }
+  err = ext2fs_extent_goto2(raw, 0, target);
   if (err != 0 && err != EXT2_ET_EXTENT_NOT_FOUND) return Unexpected(WalkErrno(err));
 
   // goto2 leaves the handle on the extent containing `target`, else on the last extent
