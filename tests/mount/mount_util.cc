@@ -284,6 +284,21 @@ std::string ServerMount::Stop() {
   return err + wait;
 }
 
+std::string MountTestSkipReason(const char* binary) {
+  if (!IsRoot()) return "needs root (loop devices, mount(2), mknod, chown)";
+  int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+  if (fd < 0) return std::string("cannot open /dev/fuse: ") + strerror(errno);
+  close(fd);
+  if (access("/dev/loop-control", R_OK | W_OK) != 0) return "no /dev/loop-control";
+  if (binary == nullptr) {
+    return "IOMAPFS_BINARY is not defined (the iomapfs target did not exist at configure time)";
+  }
+  if (access(binary, X_OK) != 0) {
+    return std::string("iomapfs binary ") + binary + " is not executable: " + strerror(errno);
+  }
+  return "";
+}
+
 double Now() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -109,6 +109,10 @@ std::string MakeGeneratedImage(const std::string& image, uint64_t size_bytes,
                                const std::vector<std::string>& mkfs_args,
                                const TreeGenOptions& tree, double* seconds = nullptr);
 
+// Why a mount test cannot run here (not root, no /dev/fuse, no loop devices, `binary` null or
+// not executable), or an empty string if it can.
+std::string MountTestSkipReason(const char* binary);
+
 // Seconds on the monotonic clock.
 double Now();
 

@@ -121,6 +121,22 @@ int64_t ReadFull(int fd, char* buf, size_t len, uint64_t off) {
   return static_cast<int64_t>(done);
 }
 
+// The kind of a difference, for the summary: its text up to the values ("mtime", "readdir d_ino",
+// "content differs", "xattr value", ...).
+std::string Kind(const std::string& what) {
+  if (what.rfind("xattr list", 0) == 0) return "xattr list";
+  if (what.rfind("xattr ", 0) == 0) {
+    for (const char* k : {"only in a", "only in b", " value "}) {
+      if (what.find(k) != std::string::npos)
+        return std::string("xattr ") + (k[0] == ' ' ? "value" : k);
+    }
+    return "xattr read";
+  }
+  size_t end = what.size();
+  for (const char* sep : {" a=", " at ", " in a's"}) end = std::min(end, what.find(sep));
+  return what.substr(0, end);
+}
+
 class Comparer {
  public:
   Comparer(const std::string& a, const std::string& b, const TreeCompareOptions& options)
@@ -134,6 +150,7 @@ class Comparer {
  private:
   void Diff(const std::string& rel, const std::string& what) {
     ++result_.difference_count;
+    ++result_.count_by_kind[Kind(what)];
     if (result_.differences.size() < options_.max_differences) {
       result_.differences.push_back("/" + Escape(rel) + ": " + what);
     }
@@ -464,6 +481,12 @@ class Comparer {
 
 std::string TreeComparison::Format() const {
   std::string out;
+  if (!count_by_kind.empty()) {
+    out += "differences by kind:";
+    for (const auto& [kind, count] : count_by_kind)
+      out += " [" + kind + "] " + std::to_string(count);
+    out += "\n";
+  }
   for (const std::string& d : differences) out += d + "\n";
   if (difference_count > differences.size()) {
     out += "... " + std::to_string(difference_count - differences.size()) + " more differences (" +

@@ -19,6 +19,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -29,16 +30,18 @@ struct TreeCompareOptions {
   size_t max_differences = 200;
   bool compare_atime = true;
   bool compare_xattrs = true;
-  uint64_t full_compare_limit = uint64_t{256} << 20;
+  uint64_t full_compare_limit = uint64_t{16} << 20;
 };
 
 struct TreeComparison {
-  std::vector<std::string> differences;  // at most max_differences, in walk order
-  uint64_t difference_count = 0;         // all of them
-  uint64_t entries = 0;                  // paths compared (the root included)
-  uint64_t bytes_compared = 0;           // file bytes read from each side
+  std::vector<std::string> differences;           // at most max_differences, in walk order
+  uint64_t difference_count = 0;                  // all of them
+  uint64_t entries = 0;                           // paths compared (the root included)
+  uint64_t bytes_compared = 0;                    // file bytes read from each side
+  std::map<std::string, uint64_t> count_by_kind;  // "mtime" -> 12, "content differs" -> 1
   bool ok() const { return difference_count == 0; }
-  // The differences one per line, followed by a line with the total if some were left out.
+  // A summary line (count per kind), then the differences one per line, then a line with the
+  // total if some were left out.
   std::string Format() const;
 };
 
