@@ -60,13 +60,17 @@ class Gen {
     a_.JumpIf(cond, reg, R0, target);
   }
 
-  void Prologue() {
+  // `identity`: check the context's node id and expected sequence number against the
+  // program's own (per-file programs; the dispatcher checks its table instead).
+  void Prologue(bool identity = true) {
     if (abi_ == Abi::kSyscall) {
       a_.Mov(R6, R1);
-      a_.Load(Size::kDW, R2, R6, kCtxNodeid);
-      JumpIfNe(R2, map_.nodeid, fallback_);
-      a_.Load(Size::kDW, R2, R6, kCtxExpectSeq);
-      JumpIfNe(R2, seq_, fallback_);
+      if (identity) {
+        a_.Load(Size::kDW, R2, R6, kCtxNodeid);
+        JumpIfNe(R2, map_.nodeid, fallback_);
+        a_.Load(Size::kDW, R2, R6, kCtxExpectSeq);
+        JumpIfNe(R2, seq_, fallback_);
+      }
       a_.Load(Size::kDW, R7, R6, kCtxPos);
       a_.Load(Size::kW, R8, R6, kCtxOpflags);
     } else {
@@ -231,12 +235,13 @@ Result<Generated> GenArithmetic(const FileMap& map, uint64_t seq, Abi abi) {
   return g.Finish(Strategy::kArithmetic);
 }
 
-Result<Generated> GenMapSearch(const FileMap& map, uint64_t seq, int map_fd, Abi abi) {
-  const MapLayout layout = MapLayout::ForIntervals(map.intervals.size());
-  Gen g(map, seq, abi);
+// The search over a MapLayout value. REQUIRES: r1 = the map value, r7 = pos; r9 is free.
+// Leaves r2..r5 = the reply and jumps to the epilogue, or falls back.
+constexpr int kSpillValue = -8;  // stack slot holding the map value pointer
+
+void EmitSearch(Gen& g, const MapLayout& layout) {
   Assembler& a = g.a();
-  g.Prologue();
-  a.LoadMapValue(R1, map_fd, 0);
+  a.Store(Size::kDW, R10, kSpillValue, R1);
   a.Load(Size::kDW, R9, R1, 0);  // s1
   a.Mov(R2, R9);
   a.Alu64Imm(Alu::kRsh, R2, 1);
@@ -259,8 +264,8 @@ Result<Generated> GenMapSearch(const FileMap& map, uint64_t seq, int map_fd, Abi
     }
     // Branchless: r2 += (pos >= key) ? off : 0. Both are below 2^62, so the sign bit of
     // key - (pos + 1) is the comparison. Shifting the bit into place (rather than masking with
-    // a 0/-1 value) keeps the verifier from forking its state on every step, which newer kernels
-    // do for `x & K` when x is in [-1, 0].
+    // a 0/-1 value) keeps the verifier from forking its state on every step, which 6.18 does
+    // for `x & K` when x is in [-1, 0] (the state count then grows with the capacity).
     a.Alu64(Alu::kSub, R3, R0);
     a.Alu64Imm(Alu::kRsh, R3, 63);
     a.Alu64Imm(Alu::kLsh, R3, std::countr_zero(static_cast<uint64_t>(off)));
@@ -278,12 +283,19 @@ Result<Generated> GenMapSearch(const FileMap& map, uint64_t seq, int map_fd, Abi
   a.Load(Size::kDW, R4, R5, 8);
   a.Load(Size::kDW, R5, R5, 16);
   // Valid only if no writer started on this buffer meanwhile (see MapLayout).
-  a.LoadMapValue(R1, map_fd, 0);
+  a.Load(Size::kDW, R1, R10, kSpillValue);
   a.Load(Size::kDW, R1, R1, 0);
   a.Alu64Imm(Alu::kAnd, R9, -2);
   a.Alu64(Alu::kSub, R1, R9);
   a.JumpIfImm(Cond::kGt, R1, 2, g.fallback());
   a.Jump(g.epilogue());
+}
+
+Result<Generated> GenMapSearch(const FileMap& map, uint64_t seq, int map_fd, Abi abi) {
+  Gen g(map, seq, abi);
+  g.Prologue();
+  g.a().LoadMapValue(R1, map_fd, 0);
+  EmitSearch(g, MapLayout::ForIntervals(map.intervals.size()));
   g.Epilogue();
   return g.Finish(Strategy::kMapSearch);
 }
@@ -404,9 +416,58 @@ Result<Generated> Generate(const FileMap& map, uint64_t seq, Strategy strategy, 
   return g;
 }
 
-void WriteInitialImage(const FileMap& map, const MapLayout& layout, uint8_t* value) {
+Result<Generated> GenerateDispatcher(const DispatcherMaps& maps) {
+  FileMap none;
+  Gen g(none, 0, Abi::kSyscall);
+  Assembler& a = g.a();
+  constexpr int kKeyNode = -16, kSeq = -24, kKeyZero = -32;
+  g.Prologue(/*identity=*/false);
+  a.Load(Size::kDW, R2, R6, kCtxNodeid);
+  a.Store(Size::kDW, R10, kKeyNode, R2);
+  a.StoreImm(Size::kW, R10, kKeyZero, 0);
+  a.LoadMapFd(R1, maps.index_fd);
+  a.Mov(R2, R10);
+  a.Alu64Imm(Alu::kAdd, R2, kKeyNode);
+  a.Call(BPF_FUNC_map_lookup_elem);
+  a.JumpIfImm(Cond::kEq, R0, 0, g.fallback());
+  a.Load(Size::kW, R9, R0, 0);  // capacity class (log2)
+  a.Load(Size::kDW, R2, R0, 8);
+  a.Store(Size::kDW, R10, kSeq, R2);
+  std::vector<Label> labels;
+  for (const auto& [log2_cap, fd] : maps.classes) {
+    labels.push_back(a.NewLabel());
+    a.JumpIfImm(Cond::kEq, R9, log2_cap, labels.back());
+  }
+  a.Jump(g.fallback());
+  for (size_t i = 0; i < maps.classes.size(); ++i) {
+    a.Bind(labels[i]);
+    a.LoadMapFd(R1, maps.classes[i].second);
+    a.Mov(R2, R10);
+    a.Alu64Imm(Alu::kAdd, R2, kKeyNode);
+    a.Call(BPF_FUNC_map_lookup_elem);  // the file's inner map
+    a.JumpIfImm(Cond::kEq, R0, 0, g.fallback());
+    a.Mov(R1, R0);
+    a.Mov(R2, R10);
+    a.Alu64Imm(Alu::kAdd, R2, kKeyZero);
+    a.Call(BPF_FUNC_map_lookup_elem);  // its only value
+    a.JumpIfImm(Cond::kEq, R0, 0, g.fallback());
+    a.Mov(R1, R0);
+    // A table entry and an inner map of different generations: stale, fall back.
+    a.Load(Size::kDW, R2, R1, MapLayout::kFileSeqOffset);
+    a.Load(Size::kDW, R3, R10, kSeq);
+    a.JumpIf(Cond::kNe, R2, R3, g.fallback());
+    MapLayout layout;
+    layout.capacity = 1u << maps.classes[i].first;
+    EmitSearch(g, layout);
+  }
+  g.Epilogue();
+  return g.Finish(Strategy::kMapSearch);
+}
+
+void WriteInitialImage(const FileMap& map, const MapLayout& layout, uint8_t* value,
+                       uint64_t file_seq) {
   std::memset(value, 0, MapLayout::kHeaderBytes);
-  uint64_t header[3] = {0, layout.capacity, map.intervals.size()};
+  uint64_t header[4] = {0, layout.capacity, map.intervals.size(), file_seq};
   std::memcpy(value, header, sizeof(header));
   FillBuffer(map, layout, value + MapLayout::kHeaderBytes);
 }

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/result.h"
@@ -66,6 +67,8 @@ bool DetectStride(const FileMap& map, StrideShape* shape);
 struct MapLayout {
   static constexpr uint32_t kHeaderBytes = 64;
   static constexpr uint32_t kRecordBytes = 24;
+  // Header: u64 seqcount, capacity, interval count, file sequence number (dispatcher check).
+  static constexpr int kFileSeqOffset = 24;
   uint32_t capacity = 0;  // power of two
   uint64_t buffer_bytes() const { return uint64_t{capacity} * (8 + kRecordBytes); }
   uint64_t value_bytes() const { return kHeaderBytes + 2 * buffer_bytes(); }
@@ -96,8 +99,28 @@ Strategy Choose(const FileMap& map, const CodegenOptions& options, std::string* 
 Result<Generated> Generate(const FileMap& map, uint64_t seq, Strategy strategy, int map_fd,
                            Abi abi = Abi::kSyscall);
 
-// Writes the header and buffer 0 of a fresh map image (`value` is value_bytes() long, zeroed).
-void WriteInitialImage(const FileMap& map, const MapLayout& layout, uint8_t* value);
+// Writes the header (seq 0, capacity, count, `file_seq`) and buffer 0 of a fresh map image
+// (`value` is value_bytes() long).
+void WriteInitialImage(const FileMap& map, const MapLayout& layout, uint8_t* value,
+                       uint64_t file_seq = 0);
+
+// The maps a dispatcher program reads: an index hash (u64 node id -> DispatchEntry) and, per
+// capacity class, a HASH_OF_MAPS (u64 node id -> the file's MapLayout array map).
+struct DispatchEntry {
+  uint32_t log2_capacity = 0;
+  uint32_t pad = 0;
+  uint64_t seq = 0;  // must equal the inner map's file sequence number
+};
+static_assert(sizeof(DispatchEntry) == 16);
+struct DispatcherMaps {
+  int index_fd = -1;
+  std::vector<std::pair<uint32_t, int>> classes;  // {log2 capacity, HASH_OF_MAPS fd}
+};
+
+// Generates the per-connection dispatcher (BPF_PROG_TYPE_SYSCALL, context BeginCtx): looks the
+// node id up in the index, finds the file's map in its class's map-of-maps, checks that both
+// carry the same sequence number, and runs the map search. Unknown node ids fall back.
+Result<Generated> GenerateDispatcher(const DispatcherMaps& maps);
 
 // Publishes `map` into the inactive buffer of a live image and flips to it (the writer protocol
 // above). REQUIRES: one writer at a time; map.intervals.size() <= layout.capacity.

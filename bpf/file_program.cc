@@ -40,7 +40,7 @@ Result<FileProgram> FileProgram::BuildWith(const FileMap& map, uint64_t seq, Str
         p.map_, CreateMap(BPF_MAP_TYPE_ARRAY, 4, static_cast<uint32_t>(p.layout_.value_bytes()), 1,
                           BPF_F_MMAPABLE, "iomapfs_ext"));
     IOMAPFS_ASSIGN_OR_RETURN(p.value_, MappedValue::Map(p.map_.get(), p.layout_.value_bytes()));
-    WriteInitialImage(map, p.layout_, p.value_.data());
+    WriteInitialImage(map, p.layout_, p.value_.data(), seq);
     p.map_ns_ = NowNs() - t0;
   }
   IOMAPFS_ASSIGN_OR_RETURN(Generated gen, Generate(map, seq, strategy, p.map_.get()));

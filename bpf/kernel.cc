@@ -47,6 +47,15 @@ Result<UniqueFd> CreateMap(bpf_map_type type, uint32_t key_size, uint32_t value_
   return UniqueFd(fd);
 }
 
+Result<UniqueFd> CreateMapOfMaps(bpf_map_type type, uint32_t key_size, uint32_t max_entries,
+                                 int inner_fd, const char* name) {
+  LIBBPF_OPTS(bpf_map_create_opts, opts);
+  opts.inner_map_fd = static_cast<uint32_t>(inner_fd);
+  int fd = bpf_map_create(type, name, key_size, 4, max_entries, &opts);
+  if (fd < 0) return Unexpected(errno);
+  return UniqueFd(fd);
+}
+
 Result<uint32_t> TestRun(int prog_fd, void* ctx, size_t ctx_size) {
   LIBBPF_OPTS(bpf_test_run_opts, opts);
   opts.ctx_in = ctx;

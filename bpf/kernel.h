@@ -39,6 +39,11 @@ Result<UniqueFd> LoadProgram(std::span<const bpf_insn> insns, const LoadOptions&
 Result<UniqueFd> CreateMap(bpf_map_type type, uint32_t key_size, uint32_t value_size,
                            uint32_t max_entries, uint32_t flags, const char* name);
 
+// Creates a BPF_MAP_TYPE_HASH_OF_MAPS / ARRAY_OF_MAPS whose values are maps like `inner_fd`.
+// Errors: the bpf(2) errno.
+Result<UniqueFd> CreateMapOfMaps(bpf_map_type type, uint32_t key_size, uint32_t max_entries,
+                                 int inner_fd, const char* name);
+
 // Runs `prog_fd` once over the context `ctx` (BPF_PROG_TEST_RUN; for SYSCALL programs the
 // context is copied back into ctx).
 // Returns: the program's return value (r0). Errors: the bpf(2) errno.

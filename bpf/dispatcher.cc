@@ -1,0 +1,179 @@
+#include "bpf/dispatcher.h"
+
+#include <bpf/bpf.h>
+
+#include <bit>
+#include <cstring>
+
+#include "base/log.h"
+
+namespace iomapfs::bpf {
+
+Result<Dispatcher> Dispatcher::Create(const DispatcherOptions& options, std::string* reason) {
+  auto fail = [&](const std::string& what, int err) {
+    if (reason != nullptr && reason->empty()) *reason = what + ": " + std::strerror(err);
+    return Unexpected(err);
+  };
+  Dispatcher d;
+  d.options_ = options;
+  auto index =
+      CreateMap(BPF_MAP_TYPE_HASH, 8, sizeof(DispatchEntry), options.max_files, 0, "iomapfs_index");
+  if (!index) return fail("index map", index.error());
+  d.index_ = std::move(*index);
+  DispatcherMaps maps;
+  maps.index_fd = d.index_.get();
+  for (uint32_t c = options.min_log2_capacity; c <= options.max_log2_capacity; ++c) {
+    MapLayout layout;
+    layout.capacity = 1u << c;
+    // The template fixes the inner maps' value size, which is what the verifier bounds the
+    // search with.
+    auto tmpl = CreateMap(BPF_MAP_TYPE_ARRAY, 4, static_cast<uint32_t>(layout.value_bytes()), 1,
+                          BPF_F_MMAPABLE, "iomapfs_tmpl");
+    if (!tmpl) return fail("inner map template", tmpl.error());
+    auto outer = CreateMapOfMaps(BPF_MAP_TYPE_HASH_OF_MAPS, 8, options.max_files, tmpl->get(),
+                                 "iomapfs_class");
+    if (!outer) return fail("map of maps", outer.error());
+    maps.classes.emplace_back(c, outer->get());
+    d.classes_.push_back(std::move(*outer));
+  }
+  IOMAPFS_ASSIGN_OR_RETURN(Generated gen, GenerateDispatcher(maps));
+  d.insns_ = std::move(gen.insns);
+  std::string log;
+  LoadOptions lo;
+  lo.name = "iomapfs_disp";
+  auto prog = LoadProgram(d.insns_, lo, &log);
+  if (!prog) {
+    if (reason != nullptr) {
+      *reason =
+          std::string("dispatcher failed to load: ") + std::strerror(prog.error()) + "; " + log;
+    }
+    return Unexpected(prog.error());
+  }
+  d.prog_ = std::move(*prog);
+  return d;
+}
+
+Result<uint64_t> Dispatcher::Install(const FileMap& map) {
+  const uint64_t nodeid = map.nodeid;
+  const uint32_t log2 = std::max<uint32_t>(
+      options_.min_log2_capacity, static_cast<uint32_t>(std::countr_zero(
+                                      MapLayout::ForIntervals(map.intervals.size()).capacity)));
+  if (log2 > options_.max_log2_capacity) {
+    ++stats_.refused;
+    Remove(nodeid);
+    return Unexpected(E2BIG);
+  }
+  MapLayout layout;
+  layout.capacity = 1u << log2;
+  auto it = files_.find(nodeid);
+  if (it != files_.end() && it->second.log2_capacity == log2) {
+    // Same class: new extents go to the inactive buffer, readers never see a half-written map.
+    PublishImage(map, layout, it->second.value.data());
+    ++stats_.in_place_updates;
+    Touch(nodeid);
+    return it->second.seq;
+  }
+  if (layout.value_bytes() > options_.budget.max_map_bytes) {
+    ++stats_.refused;
+    Remove(nodeid);
+    return Unexpected(ENOSPC);
+  }
+  File f;
+  f.log2_capacity = log2;
+  f.seq = next_seq_++;
+  auto m = CreateMap(BPF_MAP_TYPE_ARRAY, 4, static_cast<uint32_t>(layout.value_bytes()), 1,
+                     BPF_F_MMAPABLE, "iomapfs_file");
+  if (!m) {
+    ++stats_.refused;
+    LOG_WARNING("bpf: node %llu stays on the server path: map creation failed: %s",
+                static_cast<unsigned long long>(nodeid), std::strerror(m.error()));
+    return Unexpected(m.error());
+  }
+  f.map = std::move(*m);
+  IOMAPFS_ASSIGN_OR_RETURN(f.value, MappedValue::Map(f.map.get(), layout.value_bytes()));
+  WriteInitialImage(map, layout, f.value.data(), f.seq);
+  // Order: the new inner map goes into its class before the index names the class and seq, and a
+  // file that moves class leaves its old class last. A reader between the steps sees either no
+  // entry or mismatched sequence numbers, and falls back.
+  const int outer = classes_[log2 - options_.min_log2_capacity].get();
+  uint32_t inner_fd = static_cast<uint32_t>(f.map.get());
+  if (bpf_map_update_elem(outer, &nodeid, &inner_fd, BPF_ANY) != 0) {
+    int err = errno;
+    ++stats_.refused;
+    LOG_WARNING("bpf: node %llu stays on the server path: map-of-maps update failed: %s",
+                static_cast<unsigned long long>(nodeid), std::strerror(err));
+    return Unexpected(err);
+  }
+  DispatchEntry e;
+  e.log2_capacity = log2;
+  e.seq = f.seq;
+  if (bpf_map_update_elem(index_.get(), &nodeid, &e, BPF_ANY) != 0) {
+    int err = errno;
+    bpf_map_delete_elem(outer, &nodeid);
+    ++stats_.refused;
+    return Unexpected(err);
+  }
+  if (it != files_.end()) {
+    if (it->second.log2_capacity != log2) {
+      bpf_map_delete_elem(classes_[it->second.log2_capacity - options_.min_log2_capacity].get(),
+                          &nodeid);
+    }
+    map_bytes_ -= it->second.value.size();
+    lru_.erase(it->second.lru);
+    files_.erase(it);
+  }
+  map_bytes_ += f.value.size();
+  lru_.push_front(nodeid);
+  f.lru = lru_.begin();
+  const uint64_t seq = f.seq;
+  files_.emplace(nodeid, std::move(f));
+  ++stats_.installs;
+  Evict(nodeid);
+  return seq;
+}
+
+void Dispatcher::Evict(uint64_t keep) {
+  while (
+      (files_.size() > options_.budget.max_files || map_bytes_ > options_.budget.max_map_bytes) &&
+      !lru_.empty()) {
+    uint64_t victim = lru_.back();
+    if (victim == keep) break;
+    Remove(victim);
+    ++stats_.evictions;
+  }
+}
+
+bool Dispatcher::Remove(uint64_t nodeid) {
+  auto it = files_.find(nodeid);
+  if (it == files_.end()) return false;
+  // Index first: from then on lookups of this node fall back.
+  bpf_map_delete_elem(index_.get(), &nodeid);
+  bpf_map_delete_elem(classes_[it->second.log2_capacity - options_.min_log2_capacity].get(),
+                      &nodeid);
+  map_bytes_ -= it->second.value.size();
+  lru_.erase(it->second.lru);
+  files_.erase(it);
+  return true;
+}
+
+void Dispatcher::Touch(uint64_t nodeid) {
+  auto it = files_.find(nodeid);
+  if (it == files_.end()) return;
+  lru_.splice(lru_.begin(), lru_, it->second.lru);
+}
+
+uint64_t Dispatcher::SeqOf(uint64_t nodeid) const {
+  auto it = files_.find(nodeid);
+  return it == files_.end() ? 0 : it->second.seq;
+}
+
+Result<Answer> Dispatcher::Run(const BeginCtx& ctx) const {
+  BeginCtx c = ctx;
+  IOMAPFS_ASSIGN_OR_RETURN(uint32_t ret, TestRun(prog_.get(), &c, sizeof(c)));
+  Answer a;
+  a.ret = ret;
+  if (ret == kFibHandled) a.out = c.out;
+  return a;
+}
+
+}  // namespace iomapfs::bpf

@@ -1,0 +1,118 @@
+// Dispatcher: the per-connection BPF entry point (the kernel hook is one struct_ops table per
+// connection, spec §13.2) and the lifetime of every file's BPF state behind it.
+//
+// Mechanism. Sleepable programs (SYSCALL here; the hook's struct_ops programs are sleepable too)
+// may not use BPF_MAP_TYPE_PROG_ARRAY: the verifier says "Sleepable programs can only use array,
+// hash, ringbuf and local storage maps", so a program array with tail calls cannot dispatch to
+// per-file programs (measured on 6.18, see DispatcherKernel.ProgArrayRejectedForSleepable).
+// Map-in-map is allowed, so the dispatcher is one fixed program that looks up
+//   index:   HASH   u64 node id -> DispatchEntry {capacity class, sequence number}
+//   class c: HASH_OF_MAPS u64 node id -> the file's MapLayout array map (capacity 2^c)
+// and runs the map search of codegen.h over the file's map. Installing, replacing (a new inner
+// map, atomically swapped into its class) or removing one file never reloads the program or
+// touches other files; extent changes that fit the capacity are written in place through the
+// mmap (double-buffered). Every install carries a new sequence number, stored in the index and in
+// the inner map's header; a lookup that sees two different numbers falls back (stale).
+//
+// Lifetime. Files are installed when their extents are known, replaced when they change,
+// removed when the inode is forgotten, and bounded by a Budget (files, map bytes) with
+// least-recently-used eviction (Touch() marks use). Eviction only sends the file back to the
+// server path.
+//
+// Thread-safety: not synchronized; the owner serializes calls (Run() may be called concurrently
+// with itself). Move-only; owns the program, maps and mmaps.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "base/result.h"
+#include "base/unique_fd.h"
+#include "bpf/codegen.h"
+#include "bpf/file_map.h"
+#include "bpf/kernel.h"
+
+namespace iomapfs::bpf {
+
+struct Budget {
+  size_t max_files = 4096;
+  uint64_t max_map_bytes = 256ull << 20;
+};
+
+struct DispatcherOptions {
+  uint32_t min_log2_capacity = 4;   // 16 intervals
+  uint32_t max_log2_capacity = 18;  // 262,144 intervals (about 100k-200k extents)
+  uint32_t max_files = 65536;       // index and map-of-maps capacity
+  Budget budget;
+};
+
+struct DispatcherStats {
+  uint64_t installs = 0;
+  uint64_t in_place_updates = 0;
+  uint64_t evictions = 0;
+  uint64_t refused = 0;  // files left on the server path (too large, map creation failed)
+};
+
+class Dispatcher {
+ public:
+  Dispatcher() = default;
+  Dispatcher(Dispatcher&&) = default;
+  Dispatcher& operator=(Dispatcher&&) = default;
+
+  // Creates the maps and loads the dispatcher program.
+  // Errors: the bpf(2) errno; *reason (if not null) says what failed, with the verifier log.
+  static Result<Dispatcher> Create(const DispatcherOptions& options, std::string* reason);
+
+  // Installs `map` for its node id, replacing what was there: in place if it already has a map of
+  // the same capacity class, else with a new inner map. Evicts least-recently-used files to stay
+  // within the budget.
+  // Returns: the sequence number now installed for the file.
+  // Errors: ENOSPC/E2BIG the file does not fit any class or the budget (it stays on the server
+  // path; not fatal); the bpf(2) errno of a failed map operation (the file is then not
+  // installed).
+  Result<uint64_t> Install(const FileMap& map);
+
+  // Forgets the node id (FORGET, eviction). Returns: whether it was installed.
+  bool Remove(uint64_t nodeid);
+  // Marks the file as recently used (LRU).
+  void Touch(uint64_t nodeid);
+  bool Contains(uint64_t nodeid) const { return files_.count(nodeid) != 0; }
+  // Returns: the installed sequence number, or 0.
+  uint64_t SeqOf(uint64_t nodeid) const;
+
+  // Runs the dispatcher once (BPF_PROG_TEST_RUN). Errors: the bpf(2) errno.
+  Result<Answer> Run(const BeginCtx& ctx) const;
+
+  int fd() const { return prog_.get(); }
+  size_t insn_count() const { return insns_.size(); }
+  const std::vector<bpf_insn>& insns() const { return insns_; }
+  size_t files() const { return files_.size(); }
+  uint64_t map_bytes() const { return map_bytes_; }
+  const DispatcherStats& stats() const { return stats_; }
+
+ private:
+  struct File {
+    uint32_t log2_capacity = 0;
+    uint64_t seq = 0;
+    UniqueFd map;
+    MappedValue value;
+    std::list<uint64_t>::iterator lru;
+  };
+  void Evict(uint64_t keep);
+
+  DispatcherOptions options_;
+  UniqueFd prog_;
+  UniqueFd index_;
+  std::vector<UniqueFd> classes_;  // [log2 - min_log2_capacity]
+  std::vector<bpf_insn> insns_;
+  std::unordered_map<uint64_t, File> files_;
+  std::list<uint64_t> lru_;  // front: most recently used
+  uint64_t next_seq_ = 1;
+  uint64_t map_bytes_ = 0;
+  DispatcherStats stats_;
+};
+
+}  // namespace iomapfs::bpf
