@@ -652,7 +652,13 @@ TEST_P(GoldenTest, DecodesSplitFraming) {
   auto s = Arg0Size(OpcodeOf(g.msg), g.ctx);
   ASSERT_TRUE(s);
   std::span<const std::byte> msg(g.msg);
-  if (msg.size() < 40 + *s) GTEST_SKIP() << "short INIT is classic-only";
+  if (msg.size() < 40 + *s) {
+    // A short (pre-7.36) INIT never arrives on a ring (INIT always uses /dev/fuse), and the
+    // split framing has no way to express it.
+    std::span<const std::byte> body = msg.subspan(40);
+    EXPECT_EQ(DecodeSplit(msg.first(40), body, {}, g.ctx).error(), EIO);
+    return;
+  }
   std::vector<std::byte> in_out(128, std::byte{0x5a});
   std::copy_n(msg.begin(), 40, in_out.begin());
   std::vector<std::byte> op_in(128, std::byte{0x5a});  // extra bytes past Arg0Size are ignored
@@ -707,10 +713,14 @@ TEST_P(GoldenTest, TruncatedBodiesAreErrors) {
 // A trailing byte after a fixed-size message is garbage.
 TEST_P(GoldenTest, TrailingByteIsError) {
   const Golden& g = GetParam();
-  if (OpcodeOf(g.msg) == FUSE_INIT) GTEST_SKIP() << "INIT tolerates a longer fuse_init_in";
   std::vector<std::byte> longer = g.msg;
   longer.push_back(std::byte{0});
   SetLen(longer, static_cast<uint32_t>(longer.size()));
+  if (OpcodeOf(g.msg) == FUSE_INIT) {
+    // INIT tolerates a longer fuse_init_in (a future kernel), up to and past 64 bytes.
+    EXPECT_TRUE(Decode(longer, g.ctx));
+    return;
+  }
   // For messages ending in an extension block the extra byte shifts the block; either way the
   // message is malformed.
   auto r = Decode(longer, g.ctx);
