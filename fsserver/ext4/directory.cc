@@ -289,7 +289,13 @@ uint32_t DtypeFromFileType(ext2_filsys fs, uint8_t file_type) {
 
 Result<std::vector<DirEntry>> ListDirectory(const ext2::Guard& g, Ino dir, const InodeBuf& inode) {
   IOMAPFS_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, ListRaw(g.fs(), dir, inode));
-  for (DirEntry& e : entries) e.type = DtypeFromFileType(g.fs(), static_cast<uint8_t>(e.type));
+  const bool inline_dir = (inode.flags() & kFlagInlineData) != 0;
+  for (DirEntry& e : entries) {
+    e.type = DtypeFromFileType(g.fs(), static_cast<uint8_t>(e.type));
+    // libext2fs synthesizes "." and ".." of inline directories without a file type; ext4's
+    // ext4_read_inline_dir() emits them as DT_DIR.
+    if (inline_dir && (e.name == "." || e.name == "..")) e.type = DT_DIR;
+  }
   // "." then ".." first; everything else keeps its on-disk order.
   auto rank = [](const DirEntry& e) { return e.name == "." ? 0 : e.name == ".." ? 1 : 2; };
   std::stable_sort(entries.begin(), entries.end(),
