@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "base/log.h"
+
 namespace iomapfs::bpf {
 namespace {
 
@@ -22,7 +24,13 @@ Result<FileProgram> FileProgram::Build(const FileMap& map, uint64_t seq,
   Strategy s = Choose(map, options, &why);
   if (reason != nullptr) *reason = why;
   if (s == Strategy::kNone) return Unexpected(ENOTSUP);
-  return BuildWith(map, seq, s, reason, load);
+  auto p = BuildWith(map, seq, s, reason, load);
+  if (!p) {
+    // Not fatal: the file stays on the server path.
+    LOG_WARNING("bpf: node %llu stays on the server path: %s",
+                static_cast<unsigned long long>(map.nodeid), reason ? reason->c_str() : "");
+  }
+  return p;
 }
 
 Result<FileProgram> FileProgram::BuildWith(const FileMap& map, uint64_t seq, Strategy strategy,
