@@ -11,10 +11,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <random>
+#include <thread>
 
 #include "tests/ext4/ext4_test_util.h"
 #include "tests/support/test_util.h"
@@ -431,6 +433,35 @@ TEST_P(FilesystemTest, AccessByModeOwnerGroupAndAcl) {
   auto fake = OpenFilesystem(image_, &why, Options{.fakeroot = true});
   ASSERT_NE(fake, nullptr) << why;
   EXPECT_TRUE(fake->Access(f.ino, R_OK, other));
+}
+
+TEST_P(FilesystemTest, ConcurrentOperationsAgree) {
+  std::string multi;
+  ASSERT_TRUE(ReadHostFile(src_ + "/files/multi", &multi));
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 3; ++round) {
+        auto a = Resolve(*fs_, "files/multi");
+        if (!a) {
+          ++failures;
+          continue;
+        }
+        auto data = ReadAll(*fs_, a->ino, a->size, 64 * 1024 + t * 4096);
+        if (!data || *data != multi) ++failures;
+        auto big = Resolve(*fs_, "big");
+        auto list =
+            big ? ListAll(*fs_, big->ino, 100 + t) : Result<std::vector<DirEntry>>(Unexpected(EIO));
+        if (!list || list->size() != static_cast<size_t>(kBigEntries) + 2) ++failures;
+        if (!fs_->Lookup(big->ino, "entry-01234-with-a-longer-name")) ++failures;
+        if (!fs_->StatFs() || !fs_->ListXattr(a->ino)) ++failures;
+        fs_->Forget(a->ino, 1);
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
 }
 
 std::string SetName(const ::testing::TestParamInfo<FeatureSet>& info) { return info.param.name; }
