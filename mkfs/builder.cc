@@ -36,9 +36,19 @@ constexpr uint32_t kFlexBgSize = 16;         // mke2fs flex_bg_size default
 constexpr uint32_t kLostFoundBytes = 16384;  // mke2fs sizes lost+found to 16 KiB
 constexpr size_t kFastSymlinkMax = sizeof(ext2_inode::i_block);  // 60 bytes
 
+// Registers libext2fs's message table with com_err once, so error_message() names the error.
+void EnsureErrorTable() {
+  static const bool done = [] {
+    initialize_ext2_error_table();
+    return true;
+  }();
+  (void)done;
+}
+
 // Converts a libext2fs error for the caller: errno plus a message naming the step.
 Result<void> Check(errcode_t code, const std::string& what, std::string* why) {
   if (code == 0) return {};
+  EnsureErrorTable();
   *why = what + ": " + error_message(code);
   int err = ext2::ErrnoFromErrcode(code);
   if (code == EXT2_ET_BLOCK_ALLOC_FAIL || code == EXT2_ET_INODE_ALLOC_FAIL ||
@@ -429,6 +439,10 @@ Result<void> Builder::CreateMetadata() {
     if (target_.zeroed) ext2fs_bg_flags_set(fs_, g, EXT2_BG_INODE_ZEROED);
     ext2fs_group_desc_csum_set(fs_, g);
   }
+  // The reserved inodes (1 .. s_first_ino - 1) start out zeroed: libext2fs reads some of them
+  // back (bad blocks, resize, journal) and on a device they hold stale bytes.
+  ext2_inode_large zero{};
+  for (ext2_ino_t i = 1; i < EXT2_FIRST_INODE(fs_->super); ++i) IOMAPFS_TRY(WriteInode(i, zero));
   // Root (2), the reserved inodes below s_first_ino, and the bad-block inode (1).
   ext2fs_inode_alloc_stats2(fs_, EXT2_ROOT_INO, +1, 1);
   for (ext2_ino_t i = EXT2_ROOT_INO + 1; i < EXT2_FIRST_INODE(fs_->super); ++i) {
@@ -622,9 +636,9 @@ Result<void> Builder::MapPieces(ext2_ino_t ino, ext2_inode_large* inode,
     for (const Piece& p : pieces) {
       for (uint64_t i = 0; i < p.len; ++i) {
         blk64_t pblk = p.pblk + i;
-        IOMAPFS_TRY(
-            Check(ext2fs_bmap2(fs_, ino, small, nullptr, BMAP_SET, p.lblk + i, nullptr, &pblk),
-                  "cannot map a block", why_));
+        IOMAPFS_TRY(Check(ext2fs_bmap2(fs_, ino, small, nullptr, BMAP_ALLOC | BMAP_SET, p.lblk + i,
+                                       nullptr, &pblk),
+                          "cannot map a block", why_));
       }
     }
   }
@@ -696,6 +710,7 @@ Result<void> Builder::SetXattrs(ext2_ino_t ino, const SourceNode& node) {
     rc = ext2fs_xattr_set(h, name.c_str(), value.data(), value.size());
     if (rc != 0) {
       close();
+      EnsureErrorTable();
       if (rc == EXT2_ET_EA_NO_SPACE || rc == EXT2_ET_EA_KEY_NOT_FOUND) {
         return Fail(ENOSPC, "extended attributes of " + node.path + " do not fit (" + name +
                                 "): " + error_message(rc));
@@ -717,7 +732,7 @@ Result<void> Builder::CreateRegular(const SourceNode& node, ext2_ino_t ino, uint
   SetTimes(&inode, &node);
   auto* small = reinterpret_cast<ext2_inode*>(&inode);
   const uint64_t size = static_cast<uint64_t>(node.st.st_size);
-  UniqueFd fd(open(node.path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY));
+  UniqueFd fd(OpenSource(node.path, 0));
   if (!fd.valid()) return Fail(errno, "cannot open " + node.path + ": " + strerror(errno));
 
   if (IsInlineCandidate(node, plan_.features)) {
@@ -730,7 +745,11 @@ Result<void> Builder::CreateRegular(const SourceNode& node, ext2_ino_t ino, uint
     IOMAPFS_TRY(Check(ext2fs_inline_data_init(fs_, ino), "cannot set up inline data", why_));
     IOMAPFS_TRY(Check(ext2fs_inline_data_set(fs_, ino, nullptr, data.data(), data.size()),
                       "cannot write inline data of " + node.path, why_));
-    // inline_data_set sets i_size to what it stored; a file that shrank keeps its stat size.
+    // ext2fs_inline_data_set (1.47.0) stores the bytes but leaves i_size alone.
+    ext2_inode stored;
+    IOMAPFS_TRY(Check(ext2fs_read_inode(fs_, ino, &stored), "cannot read inode", why_));
+    IOMAPFS_TRY(Check(ext2fs_inode_size_set(fs_, &stored, data.size()), "cannot set size", why_));
+    IOMAPFS_TRY(Check(ext2fs_write_inode(fs_, ino, &stored), "cannot write inode", why_));
     IOMAPFS_TRY(SetXattrs(ino, node));
     progress_->Advance(1, data.size());
     return {};
@@ -878,13 +897,6 @@ Result<void> Builder::WriteDirectory(ext2_ino_t ino, ext2_ino_t parent,
   }
   std::string blocks_buf;
   uint64_t nblocks = LayoutDirectory(typed, bs_, csum_, min_blocks, &blocks_buf);
-  for (uint64_t b = 0; b < nblocks; ++b) {
-    if (csum_) {
-      auto* block = reinterpret_cast<ext2_dir_entry*>(blocks_buf.data() + b * bs_);
-      IOMAPFS_TRY(Check(ext2fs_dir_block_csum_set(fs_, ino, block),
-                        "cannot checksum a directory block", why_));
-    }
-  }
   uint64_t links = 2 + subdirs;
   if (links > EXT2_LINK_MAX) {
     if (!ext2fs_has_feature_dir_nlink(fs_->super)) {
@@ -910,6 +922,12 @@ Result<void> Builder::WriteDirectory(ext2_ino_t ino, ext2_ino_t parent,
   inode.i_size = static_cast<__u32>(nblocks * bs_);
   inode.i_size_high = static_cast<__u32>((nblocks * bs_) >> 32);
   IOMAPFS_TRY(WriteInode(ino, inode));
+  // The checksums read the inode back (its generation seeds them): after the first write.
+  for (uint64_t b = 0; csum_ && b < nblocks; ++b) {
+    auto* block = reinterpret_cast<ext2_dir_entry*>(blocks_buf.data() + b * bs_);
+    IOMAPFS_TRY(Check(ext2fs_dir_block_csum_set(fs_, ino, block),
+                      "cannot checksum a directory block", why_));
+  }
   IOMAPFS_ASSIGN_OR_RETURN(std::vector<Piece> pieces, Allocate({{0, nblocks}}));
   IOMAPFS_TRY(WritePieces(pieces, -1, blocks_buf.size(), "directory", &blocks_buf));
   IOMAPFS_TRY(MapPieces(ino, &inode, pieces));
@@ -944,8 +962,7 @@ Result<void> Builder::PrecheckSpace(const SourceTree& tree) {
 }
 
 Result<BuildSummary> Builder::Run(const SourceTree* tree) {
-  IOMAPFS_ASSIGN_OR_RETURN(
-      fs_, InitFs(target_.path, EXT2_FLAG_EXCLUSIVE | EXT2_FLAG_64BITS, o_, plan_, why_));
+  IOMAPFS_ASSIGN_OR_RETURN(fs_, InitFs(target_.path, EXT2_FLAG_64BITS, o_, plan_, why_));
   bs_ = fs_->blocksize;
   inode_size_ = EXT2_INODE_SIZE(fs_->super);
   inode_buf_.resize(inode_size_);
@@ -1054,8 +1071,8 @@ Result<Plan> MakePlan(const MkfsOptions& options, const FeatureSet& features, ui
   return plan;
 }
 
-Result<uint64_t> ComputeAutoSize(const MkfsOptions& options, const FeatureSet& features,
-                                 const SourceTree& tree, std::string* why) {
+Result<Plan> ComputeAutoSize(const MkfsOptions& options, const FeatureSet& features,
+                             const SourceTree& tree, std::string* why) {
   // Start from the content alone and grow by the shortfall until everything fits; the size only
   // grows, so this ends, at (within 1 MiB) the smallest size that fits.
   uint32_t bs = options.block_size ? options.block_size : 4096;
@@ -1086,7 +1103,7 @@ Result<uint64_t> ComputeAutoSize(const MkfsOptions& options, const FeatureSet& f
         if (ratio) grow = std::max(grow, (inodes_wanted - cap->free_inodes) * ratio);
       }
     }
-    if (grow == 0) return size;
+    if (grow == 0) return plan;
     size += DivCeil(grow, kMiB) * kMiB;
     if (size > (1ULL << 60)) break;
   }

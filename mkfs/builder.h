@@ -74,11 +74,12 @@ ContentNeeds EstimateContent(const SourceTree& tree, uint32_t block_size,
 Result<Plan> MakePlan(const MkfsOptions& options, const FeatureSet& features, uint64_t size_bytes,
                       uint64_t min_inodes, std::string* why);
 
-// The smallest size (a multiple of 1 MiB) whose free space after all metadata holds `tree` plus
-// options.auto_margin_percent, with enough inodes.
-// Errors: EFBIG (*why) no size up to the ext4 limit fits; others from libext2fs (as errno).
-Result<uint64_t> ComputeAutoSize(const MkfsOptions& options, const FeatureSet& features,
-                                 const SourceTree& tree, std::string* why);
+// The plan for the smallest size (a multiple of 1 MiB) whose free space after all metadata holds
+// `tree` plus options.auto_margin_percent, with as many more inodes than the tree needs.
+// Errors: EFBIG (*why) no size up to the ext4 limit fits; EINVAL -N too small; others from
+// libext2fs (as errno).
+Result<Plan> ComputeAutoSize(const MkfsOptions& options, const FeatureSet& features,
+                             const SourceTree& tree, std::string* why);
 
 // Creates the filesystem described by `plan` on `target` and copies `tree` (may be null).
 // Returns: a summary. Errors (with *why naming the problem): ENOSPC the content does not fit

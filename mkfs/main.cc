@@ -79,26 +79,28 @@ int Main(int argc, char** argv) {
   }
 
   uint64_t size = o.size_bytes;
+  std::optional<Plan> plan;
   if (o.auto_size || (size == 0 && !target->exists() && tree)) {
     if (!tree) return Error("SIZE auto needs -d DIR");
-    auto s = ComputeAutoSize(o, *features, *tree, &why);
-    if (!s) return Error(why);
-    size = *s;
-  } else if (size == 0) {
-    size = target->existing_size();
+    auto p = ComputeAutoSize(o, *features, *tree, &why);
+    if (!p) return Error(why);
+    plan = *p;
+    size = p->blocks * p->block_size;
+    if (target->is_device() && size > target->existing_size()) {
+      return Error("the content of " + o.source_dir + " needs " + std::to_string(size) +
+                   " bytes; " + o.image + " has " + std::to_string(target->existing_size()));
+    }
+  } else {
+    if (size == 0) size = target->existing_size();
     if (size == 0) {
       return Error(o.image + (target->exists() ? " is empty" : " does not exist") +
                    "; give a SIZE (e.g. 1G) or -d DIR with SIZE auto");
     }
+    uint64_t min_inodes = tree ? EstimateContent(*tree, 4096, o, *features).inodes : 0;
+    auto p = MakePlan(o, *features, size, min_inodes, &why);
+    if (!p) return Error(why);
+    plan = *p;
   }
-  if (target->is_device() && o.size_bytes == 0 && size > target->existing_size()) {
-    return Error("the content of " + o.source_dir + " needs " + std::to_string(size) + " bytes; " +
-                 o.image + " has " + std::to_string(target->existing_size()));
-  }
-
-  auto plan = MakePlan(o, *features, size,
-                       tree ? EstimateContent(*tree, 4096, o, *features).inodes : 0, &why);
-  if (!plan) return Error(why);
 
   if (auto r = target->Prepare(size, &why); !r) {
     target->Abort();

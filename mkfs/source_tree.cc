@@ -56,10 +56,21 @@ Result<void> ReadXattrs(SourceNode* node, std::string* why) {
   return {};
 }
 
+}  // namespace
+
+int OpenSource(const std::string& path, int extra_flags) {
+  int flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | extra_flags;
+  int fd = open(path.c_str(), flags | O_NOATIME);
+  if (fd < 0 && errno == EPERM) fd = open(path.c_str(), flags);
+  return fd;
+}
+
+namespace {
+
 // Finds the data ranges of a regular file with SEEK_DATA/SEEK_HOLE. Also proves the file can
 // be opened for reading, so that an unreadable file fails the scan, before any image exists.
 Result<void> ReadDataRanges(SourceNode* node, std::string* why) {
-  UniqueFd fd(open(node->path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY));
+  UniqueFd fd(OpenSource(node->path, 0));
   if (!fd.valid()) return Fail(errno, "open", node->path, why);
   const uint64_t size = static_cast<uint64_t>(node->st.st_size);
   uint64_t pos = 0;
@@ -110,7 +121,6 @@ Result<SourceTree> ScanSourceTree(const std::string& root, std::string* why) {
 
   // Depth-first, in sorted order, so that node indices follow the order of the final image.
   std::vector<size_t> stack = {0};
-  std::vector<size_t> order;
   while (!stack.empty()) {
     size_t idx = stack.back();
     stack.pop_back();
@@ -130,6 +140,11 @@ Result<SourceTree> ScanSourceTree(const std::string& root, std::string* why) {
         if (n < 0) IOMAPFS_TRY(Fail(errno, "read symlink", node.path, why));
         target.resize(static_cast<size_t>(n));
         node.symlink_target = std::move(target);
+        // readlink(2) may have just updated the link's atime (relatime): record the times
+        // after it, so that a second run over the same tree sees the same values.
+        if (lstat(node.path.c_str(), &node.st) != 0) {
+          IOMAPFS_TRY(Fail(errno, "stat", node.path, why));
+        }
       }
     }
     if (idx != 0) {
@@ -154,8 +169,15 @@ Result<SourceTree> ScanSourceTree(const std::string& root, std::string* why) {
     if (!S_ISDIR(tree.nodes[idx].st.st_mode)) continue;
 
     const std::string dir_path = tree.nodes[idx].path;
-    DIR* dir = opendir(dir_path.c_str());
-    if (dir == nullptr) IOMAPFS_TRY(Fail(errno, "open directory", dir_path, why));
+    // The root may be a symlink to a directory (stat, not lstat, above): follow it there only.
+    int dir_fd = idx == 0 ? open(dir_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                          : OpenSource(dir_path, O_DIRECTORY);
+    DIR* dir = dir_fd >= 0 ? fdopendir(dir_fd) : nullptr;
+    if (dir == nullptr) {
+      int err = errno;
+      if (dir_fd >= 0) close(dir_fd);
+      IOMAPFS_TRY(Fail(err, "open directory", dir_path, why));
+    }
     std::vector<std::string> names;
     errno = 0;
     while (dirent* de = readdir(dir)) {

@@ -52,6 +52,11 @@ struct SourceTree {
   uint64_t distinct_inodes = 0;   // inodes the image needs for the tree (root excluded)
 };
 
+// Opens a source file or directory read-only without updating its atime (O_NOATIME, when the
+// caller owns it or has CAP_FOWNER), so that building an image does not change the source.
+// Returns: the fd, or -1 with errno set (as open(2)).
+int OpenSource(const std::string& path, int extra_flags);
+
 // Walks `root` (which must be a directory) without following symlinks.
 // Returns: the tree. Errors: the errno of the failing call, with *why naming the path and the
 // call (e.g. "cannot open a/b: Permission denied"): ENOTDIR root is not a directory; EACCES,
