@@ -151,3 +151,32 @@ TEST(CodegenKernel, SmallBlockSize) {
 
 }  // namespace
 }  // namespace iomapfs::bpf
+
+namespace iomapfs::bpf {
+namespace {
+
+TEST(CodegenKernel, LoadFailureLeavesTheFileOnTheServerPath) {
+  IOMAPFS_REQUIRE_BPF();
+  FileMap map = MakeMap(RandomMappings(10, 1));
+  // A genuine verifier rejection: the struct_ops body stores through a pointer it read from its
+  // arguments, which a SYSCALL context does not have.
+  auto gen = Generate(map, 1, Strategy::kTree, -1, Abi::kStructOps);
+  ASSERT_TRUE(gen.has_value());
+  std::string log;
+  auto fd = LoadProgram(gen->insns, LoadOptions{}, &log);
+  ASSERT_FALSE(fd.has_value());
+  EXPECT_FALSE(log.empty());
+  // A load failure through the normal path: an error with the reason, logged, nothing thrown.
+  LoadOptions bad;
+  bad.sleepable = false;  // SYSCALL programs must be sleepable
+  std::string reason;
+  auto p = FileProgram::Build(map, 1, CodegenOptions{}, &reason, bad);
+  ASSERT_FALSE(p.has_value());
+  EXPECT_NE(reason.find("failed to load"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("sleepable"), std::string::npos) << reason;
+  // And the next file still compiles and answers.
+  BuildAndCheck(map, Strategy::kTree);
+}
+
+}  // namespace
+}  // namespace iomapfs::bpf
