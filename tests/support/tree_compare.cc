@@ -227,6 +227,7 @@ class Comparer {
       Diff(rel, "statx failed: " + Errno(errno));
       return;
     }
+    if ((xa.stx_mask & STATX_BTIME) && (xb.stx_mask & STATX_BTIME)) ++result_.btime_compared;
     if ((xa.stx_mask & STATX_BTIME) && (xb.stx_mask & STATX_BTIME) &&
         (xa.stx_btime.tv_sec != xb.stx_btime.tv_sec ||
          xa.stx_btime.tv_nsec != xb.stx_btime.tv_nsec)) {
@@ -292,6 +293,7 @@ class Comparer {
     for (const std::string& n : only_b) Diff(rel, "xattr " + Escape(n, 60) + " only in b");
     for (const std::string& n : both) {
       std::string va, vb;
+      ++result_.xattrs_compared;
       std::string ga = GetXattr(pa, n, &va), gb = GetXattr(pb, n, &vb);
       if (!ga.empty() || !gb.empty()) {
         if (ga != gb) {
@@ -438,6 +440,7 @@ class Comparer {
     }
     Segments sa, sb;
     std::string ea = SeekMap(fa, size, &sa), eb = SeekMap(fb, size, &sb);
+    result_.data_regions += sa.size();
     if (ea != eb) {
       Diff(rel,
            "SEEK_DATA/SEEK_HOLE a=" + (ea.empty() ? "ok" : ea) + " b=" + (eb.empty() ? "ok" : eb));
@@ -478,6 +481,14 @@ class Comparer {
 };
 
 }  // namespace
+
+std::string TreeComparison::Stats() const {
+  return std::to_string(entries) + " entries, " + std::to_string(bytes_compared) +
+         " bytes per side, " + std::to_string(data_regions) + " data regions, " +
+         std::to_string(xattrs_compared) + " xattr values, btime on " +
+         std::to_string(btime_compared) + " entries; " + std::to_string(difference_count) +
+         " differences";
+}
 
 std::string TreeComparison::Format() const {
   std::string out;

@@ -12,7 +12,10 @@
 // (which must read as zeros).
 //
 // Tree `a` is the reference (kernel ext4); `b` is the tree under test. Nothing is written; run it
-// on read-only mounts so atime does not move.
+// on read-only mounts so atime does not move. Run it on a freshly mounted `a`: kernel ext4's
+// SEEK_DATA counts an unwritten extent as data once pages of it are in the page cache, so each
+// file's SEEK sequence is taken before its content is read, and a second pass over the same
+// kernel mount can see different (cache-dependent) data regions.
 //
 // Thread-safety: none; one comparison at a time.
 #pragma once
@@ -38,8 +41,13 @@ struct TreeComparison {
   uint64_t difference_count = 0;                  // all of them
   uint64_t entries = 0;                           // paths compared (the root included)
   uint64_t bytes_compared = 0;                    // file bytes read from each side
+  uint64_t btime_compared = 0;                    // paths where both sides reported STATX_BTIME
+  uint64_t xattrs_compared = 0;                   // xattr values compared
+  uint64_t data_regions = 0;                      // SEEK_DATA/SEEK_HOLE data regions seen in `a`
   std::map<std::string, uint64_t> count_by_kind;  // "mtime" -> 12, "content differs" -> 1
   bool ok() const { return difference_count == 0; }
+  // "N entries, N bytes, ..." for a log line.
+  std::string Stats() const;
   // A summary line (count per kind), then the differences one per line, then a line with the
   // total if some were left out.
   std::string Format() const;
