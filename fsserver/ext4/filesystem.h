@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -144,6 +145,84 @@ class Filesystem {
   // Errors: EACCES, EROFS (W_OK on a read-only filesystem), EPERM (W_OK on an immutable inode),
   //         ENOENT, EUCLEAN, EIO.
   Result<void> Access(Ino ino, int mask, const Caller& caller);
+
+  // ---------------------------------------------------------------------------------------
+  // Modifying operations (read-write mounts). Common errors: EROFS (read-only filesystem),
+  // ENOSPC, EUCLEAN (corruption found; recorded in the superblock), EIO. Names: ENAMETOOLONG
+  // past 255 bytes. New inodes take the caller's uid, and its gid unless the parent directory
+  // is setgid (then the parent's gid; new directories inherit the setgid bit), as ext4 does.
+  // `umask` is applied to `mode` unless the parent has a default ACL, which is inherited
+  // instead (FUSE_POSIX_ACL hands both jobs to the server).
+
+  // A new regular file (mode carries S_IFREG and permission bits).
+  // Errors: EEXIST, ENOTDIR, ENOENT (parent gone), EMLINK.
+  Result<Attr> Create(Ino parent, std::string_view name, uint32_t mode, uint32_t umask,
+                      const Caller& caller);
+  // Regular file, fifo, socket, char or block device (mode's S_IFMT says which).
+  Result<Attr> Mknod(Ino parent, std::string_view name, uint32_t mode, dev_t rdev, uint32_t umask,
+                     const Caller& caller);
+  Result<Attr> Mkdir(Ino parent, std::string_view name, uint32_t mode, uint32_t umask,
+                     const Caller& caller);
+  // Fast symlink (target < 60 bytes, in the inode) or slow (a data block).
+  // Errors: ENAMETOOLONG (target longer than the block size - 1).
+  Result<Attr> Symlink(Ino parent, std::string_view name, std::string_view target,
+                       const Caller& caller);
+  // Errors: EEXIST, EMLINK (65000 links), EPERM (directory, or immutable/append-only inode).
+  Result<Attr> Link(Ino ino, Ino new_parent, std::string_view new_name);
+  // Removes the name; the inode is freed when its last link is gone and the kernel holds no
+  // reference (else it waits on the orphan list until Forget releases it).
+  // Errors: ENOENT, EISDIR (Unlink of a directory), ENOTDIR, ENOTEMPTY (Rmdir), EBUSY (root).
+  Result<void> Unlink(Ino parent, std::string_view name);
+  Result<void> Rmdir(Ino parent, std::string_view name);
+  // rename(2)/renameat2(2); flags: 0, RENAME_NOREPLACE, RENAME_EXCHANGE (RENAME_WHITEOUT:
+  // EINVAL). Directories moved across parents get their ".." and the link counts fixed.
+  // Errors: EEXIST (NOREPLACE), ENOENT, ENOTDIR, EISDIR, ENOTEMPTY, EINVAL (a directory into
+  // its own subtree).
+  Result<void> Rename(Ino old_parent, std::string_view old_name, Ino new_parent,
+                      std::string_view new_name, uint32_t flags);
+  // O_TMPFILE: an unnamed regular file on the orphan list until Link names it or it is
+  // released and forgotten.
+  Result<Attr> Tmpfile(Ino parent, uint32_t mode, uint32_t umask, const Caller& caller);
+
+  // SETATTR. Fields not set are left alone. A size change truncates or extends (data past the
+  // new EOF is freed; the tail of the last block reads as zeros). chown by a non-root caller
+  // clears suid/sgid as ext4 does; kill_suid_sgid clears them explicitly (FATTR_KILL_SUIDGID).
+  struct SetAttrRequest {
+    std::optional<uint32_t> mode;  // permission bits only (S_IFMT ignored)
+    std::optional<uint32_t> uid;
+    std::optional<uint32_t> gid;
+    std::optional<uint64_t> size;
+    std::optional<Timestamp> atime;  // already resolved: UTIME_NOW became the current time
+    std::optional<Timestamp> mtime;
+    std::optional<Timestamp> ctime;  // explicit ctime; else ctime = now whenever anything changes
+    bool kill_suid_sgid = false;
+  };
+  // Errors: EPERM (immutable/append-only), EFBIG (size past the format's limit), EINVAL.
+  Result<Attr> SetAttr(Ino ino, const SetAttrRequest& request, const Caller& caller);
+
+  // flags: XATTR_CREATE / XATTR_REPLACE. ACL names take the kernel's posix_acl_xattr format
+  // (converted to ext4's on-disk format); setting an access ACL also updates the mode bits.
+  // Errors: EEXIST (CREATE), ENODATA (REPLACE or remove of a missing name), ENOSPC (no room in
+  // the inode and EA block), ERANGE (name or value too large), EOPNOTSUPP (namespace), EINVAL.
+  Result<void> SetXattr(Ino ino, std::string_view name, std::span<const std::byte> value,
+                        int flags);
+  Result<void> RemoveXattr(Ino ino, std::string_view name);
+
+  // Writes data at `offset` (append: at i_size, atomically with respect to other writes of the
+  // inode). Allocates through the iomap engine (unwritten first, converted once the data is on
+  // the device); data moves outside the metadata lock. Clears suid/sgid when kill_suid_sgid.
+  // Returns: bytes written (short only on ENOSPC after some progress).
+  // Errors: EFBIG, ENOSPC, EISDIR, EPERM (immutable), EIO.
+  Result<size_t> Write(Ino ino, uint64_t offset, std::span<const std::byte> data, bool append,
+                       bool kill_suid_sgid);
+  // fallocate(2) modes: 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE|KEEP_SIZE,
+  // FALLOC_FL_ZERO_RANGE (|KEEP_SIZE). Errors: EOPNOTSUPP (other modes, or a mode the file's
+  // format lacks, e.g. unwritten extents on an ext2 file), EFBIG, ENOSPC, EINVAL.
+  Result<void> Fallocate(Ino ino, uint32_t mode, uint64_t offset, uint64_t length);
+  // Makes the inode's data and the metadata it depends on durable (fdatasync: skip timestamps).
+  Result<void> Fsync(Ino ino, bool datasync);
+  // Makes everything durable.
+  Result<void> SyncFs();
 
   // Flushes and closes the filesystem. Returns the first error.
   Result<void> Close();
