@@ -114,8 +114,9 @@ std::string MountGuard::Unmount() {
 }
 
 std::string KernelMount(const std::string& device, const std::string& mountpoint, bool read_only,
-                        MountGuard* guard) {
-  if (mount(device.c_str(), mountpoint.c_str(), "ext4", read_only ? MS_RDONLY : 0, nullptr) != 0) {
+                        MountGuard* guard, const std::string& options) {
+  if (mount(device.c_str(), mountpoint.c_str(), "ext4", read_only ? MS_RDONLY : 0,
+            options.empty() ? nullptr : options.c_str()) != 0) {
     int err = errno;
     CommandResult dmesg = RunShell("dmesg | tail -5");
     return "mount -t ext4 " + device + " " + mountpoint + ": " + strerror(err) + "\nkernel log:\n" +

@@ -51,9 +51,10 @@ class MountGuard {
   std::string mountpoint_;
 };
 
-// mount(2)s `device` as ext4 at `mountpoint` and arms `guard`.
+// mount(2)s `device` as ext4 at `mountpoint` with the `options` data string (e.g.
+// "norecovery") and arms `guard`.
 std::string KernelMount(const std::string& device, const std::string& mountpoint, bool read_only,
-                        MountGuard* guard);
+                        MountGuard* guard, const std::string& options = "");
 
 // True if `path` is a mount point (listed in /proc/self/mountinfo); *fs_type gets its type.
 bool IsMountPoint(const std::string& path, std::string* fs_type = nullptr);
