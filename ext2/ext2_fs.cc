@@ -6,11 +6,13 @@ extern "C" {
 }
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 
 #include <cinttypes>
 #include <cstring>
+#include <ctime>
 
 #include "base/log.h"
 
@@ -126,6 +128,44 @@ bool ReadRawSuperblock(int fd, uint64_t offset, ext2_super_block* sb) {
          static_cast<ssize_t>(sizeof(*sb));
 }
 
+// Features whose metadata a write here would leave stale or whose rules this server does not
+// implement: writing would corrupt the filesystem or violate its contract.
+struct RwRefusal {
+  int compat_type;  // E2P_FEATURE_INCOMPAT or E2P_FEATURE_RO_INCOMPAT
+  uint32_t mask;
+};
+constexpr RwRefusal kRwRefusals[] = {
+    {E2P_FEATURE_RO_INCOMPAT, EXT4_FEATURE_RO_COMPAT_QUOTA},     // quota files not updated
+    {E2P_FEATURE_RO_INCOMPAT, EXT4_FEATURE_RO_COMPAT_PROJECT},   // project quota
+    {E2P_FEATURE_RO_INCOMPAT, EXT4_FEATURE_RO_COMPAT_BIGALLOC},  // cluster allocation
+    {E2P_FEATURE_RO_INCOMPAT, EXT4_FEATURE_RO_COMPAT_VERITY},    // Merkle trees
+    {E2P_FEATURE_RO_INCOMPAT, EXT4_FEATURE_RO_COMPAT_READONLY},
+    {E2P_FEATURE_RO_INCOMPAT, EXT4_FEATURE_RO_COMPAT_SHARED_BLOCKS},
+    {E2P_FEATURE_RO_INCOMPAT, EXT4_FEATURE_RO_COMPAT_ORPHAN_PRESENT},  // orphans to process
+    {E2P_FEATURE_INCOMPAT, EXT4_FEATURE_INCOMPAT_CASEFOLD},            // name hashing/folding
+    {E2P_FEATURE_INCOMPAT, EXT4_FEATURE_INCOMPAT_ENCRYPT},
+    {E2P_FEATURE_INCOMPAT, EXT4_FEATURE_INCOMPAT_MMP},  // needs a running MMP updater
+};
+
+// Names of the features of `sb` that make a read-write open unsafe here.
+std::string RwRefusedNames(const ext2_super_block& sb) {
+  std::string names;
+  for (const RwRefusal& r : kRwRefusals) {
+    uint32_t have =
+        r.compat_type == E2P_FEATURE_INCOMPAT ? sb.s_feature_incompat : sb.s_feature_ro_compat;
+    if ((have & r.mask) == 0) continue;
+    if (!names.empty()) names += ", ";
+    names += e2p_feature2string(r.compat_type, r.mask);
+  }
+  return names;
+}
+
+// Sets a superblock timestamp split into a 32-bit field and an 8-bit high part.
+void SetSbTime(uint32_t* lo, uint8_t* hi, time_t t) {
+  *lo = static_cast<uint32_t>(t);
+  *hi = static_cast<uint8_t>(static_cast<uint64_t>(t) >> 32);
+}
+
 uint64_t DeviceSize(int fd) {
   struct stat st;
   if (::fstat(fd, &st) != 0) return 0;
@@ -163,13 +203,54 @@ Ext2Fs::~Ext2Fs() {
   if (fs_ != nullptr) (void)Close();
 }
 
+Result<void> Ext2Fs::FlushLocked() {
+  if (fs_ == nullptr || !options_.read_write) return {};
+  constexpr int kDirty = EXT2_FLAG_DIRTY | EXT2_FLAG_BB_DIRTY | EXT2_FLAG_IB_DIRTY;
+  if ((fs_->flags & kDirty) == 0) return {};
+  SetSbTime(&fs_->super->s_wtime, &fs_->super->s_wtime_hi, time(nullptr));
+  ext2fs_mark_super_dirty(fs_);
+  // The channel is write-through: after this every block is in the image's page cache.
+  errcode_t err = ext2fs_flush2(fs_, EXT2_FLAG_FLUSH_NO_SYNC);
+  if (err != 0) {
+    LOG_ERROR("flushing filesystem metadata: %s", error_message(err));
+    return Unexpected(ErrnoFromErrcode(err));
+  }
+  return {};
+}
+
+Result<void> Ext2Fs::Sync() {
+  if (!options_.read_write) return {};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (fs_ == nullptr) return Unexpected(EIO);
+    IOMAPFS_TRY(FlushLocked());
+  }
+  return data_->Flush();
+}
+
 Result<void> Ext2Fs::Close() {
   if (fs_ == nullptr) return {};
   std::lock_guard<std::mutex> lock(mu_);
-  errcode_t err = ext2fs_close_free(&fs_);
+  errcode_t err = 0;
+  if (options_.read_write) {
+    // Clean only if it was clean at open and no error was recorded since (kernel ext4 restores
+    // its s_mount_state the same way at unmount).
+    uint16_t errors = fs_->super->s_state & EXT2_ERROR_FS;
+    fs_->super->s_state = state_at_open_ | errors;
+    SetSbTime(&fs_->super->s_wtime, &fs_->super->s_wtime_hi, time(nullptr));
+    ext2fs_mark_super_dirty(fs_);
+  }
+  // ext2fs_close flushes everything and syncs the channel (read-write).
+  err = ext2fs_close_free(&fs_);
   fs_ = nullptr;
+  Result<void> synced;
+  if (options_.read_write) synced = data_->Flush();
+  if (lock_fd_ >= 0) {
+    ::flock(lock_fd_, LOCK_UN);
+    lock_fd_ = -1;
+  }
   if (err != 0) return Unexpected(ErrnoFromErrcode(err));
-  return {};
+  return synced;
 }
 
 Result<std::unique_ptr<Ext2Fs>> Ext2Fs::Open(const std::string& path, const OpenOptions& options,
@@ -191,6 +272,12 @@ Result<std::unique_ptr<Ext2Fs>> Ext2Fs::Open(const std::string& path, const Open
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
     return fail(EINVAL, "not a regular file or block device");
   }
+  if (options.read_write && ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return fail(EBUSY, "image is in use by another process (it is open read-write)");
+    }
+    return fail(errno, std::string("cannot lock the image: ") + strerror(errno));
+  }
   uint64_t dev_size = DeviceSize(fd.get());
   if (dev_size <= options.offset) {
     return fail(EINVAL, "offset " + std::to_string(options.offset) +
@@ -203,6 +290,16 @@ Result<std::unique_ptr<Ext2Fs>> Ext2Fs::Open(const std::string& path, const Open
   if (!have_raw_sb || raw_sb.s_magic != EXT2_SUPER_MAGIC) {
     return fail(EINVAL, "not an ext2/ext3/ext4 filesystem (no superblock magic at offset " +
                             std::to_string(options.offset + 1024) + ")");
+  }
+
+  if (options.read_write) {
+    std::string refused = RwRefusedNames(raw_sb);
+    if (!refused.empty()) {
+      return fail(EOPNOTSUPP,
+                  "cannot open read-write: this server cannot write filesystems with "
+                  "feature(s) " +
+                      refused + "; open it read-only");
+    }
   }
 
   std::string io_opts = "offset=" + std::to_string(options.offset);
@@ -240,8 +337,26 @@ Result<std::unique_ptr<Ext2Fs>> Ext2Fs::Open(const std::string& path, const Open
                 "mount read-only with -o ro,norecovery (recent changes will be missing)");
   }
 
+  int raw_fd = fd.get();
   auto dev = std::make_unique<FdBlockDevice>(std::move(fd), options.offset, avail);
-  return std::unique_ptr<Ext2Fs>(new Ext2Fs(fs, std::move(dev), options));
+  std::unique_ptr<Ext2Fs> e2(new Ext2Fs(fs, std::move(dev), options));
+  if (options.read_write) {
+    e2->lock_fd_ = raw_fd;
+    fs->io->flags |= CHANNEL_FLAGS_WRITETHROUGH;
+    // Mounted read-write without a journal: not clean until Close().
+    e2->state_at_open_ = fs->super->s_state & EXT2_VALID_FS;
+    fs->super->s_state &= static_cast<uint16_t>(~EXT2_VALID_FS);
+    fs->super->s_mnt_count++;
+    SetSbTime(&fs->super->s_mtime, &fs->super->s_mtime_hi, time(nullptr));
+    ext2fs_mark_super_dirty(fs);
+    err = ext2fs_flush2(fs, 0);
+    if (err != 0) {
+      e2->state_at_open_ = 0;  // leave it marked not clean
+      return fail(ErrnoFromErrcode(err),
+                  std::string("cannot write the superblock: ") + error_message(err));
+    }
+  }
+  return e2;
 }
 
 }  // namespace iomapfs::ext2

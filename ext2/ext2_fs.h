@@ -8,6 +8,19 @@
 // Lock order: the metadata lock is taken after any per-connection or per-inode lock of the
 // layers above and before nothing: no other lock is acquired while it is held.
 //
+// Read-write opens (OpenOptions::read_write):
+//   - take an advisory lock on the image (flock LOCK_EX|LOCK_NB on the data fd), so a second
+//     read-write open of the same image, by this or another process, fails with EBUSY;
+//   - refuse features whose metadata this server does not maintain when writing (quota,
+//     project, casefold, encrypt, verity, bigalloc, mmp, orphan_present, readonly,
+//     shared_blocks; needs_recovery for every open without norecovery): EOPNOTSUPP naming them;
+//   - mark the superblock not clean (s_state without EXT2_VALID_FS, as kernel ext4 does when it
+//     mounts without a journal), bump s_mnt_count and set s_mtime, and write it at once;
+//     Close() restores the state found at open (clean stays clean) and writes it;
+//   - make libext2fs's I/O channel write-through, so metadata written under the lock reaches
+//     the image's page cache immediately and Sync() can fdatasync outside the lock.
+// Metadata changes are grouped in ext2::Transaction (ext2/transaction.h).
+//
 // Thread-safety: Lock() may be called from any thread; immutable geometry accessors
 // (block_size(), ...) need no lock. Ownership: Ext2Fs owns the ext2_filsys and the data fd.
 #pragma once
@@ -45,12 +58,15 @@ class Guard {
   Guard(Guard&&) = default;
   ext2_filsys fs() const { return fs_; }
   ext2_filsys operator->() const { return fs_; }
+  // The filesystem whose lock this is.
+  Ext2Fs& owner() const { return *owner_; }
 
  private:
   friend class Ext2Fs;
-  Guard(std::mutex& mu, ext2_filsys fs) : lock_(mu), fs_(fs) {}
+  Guard(std::mutex& mu, ext2_filsys fs, Ext2Fs* owner) : lock_(mu), fs_(fs), owner_(owner) {}
   std::unique_lock<std::mutex> lock_;
   ext2_filsys fs_;
+  Ext2Fs* owner_;
 };
 
 class Ext2Fs {
@@ -59,8 +75,10 @@ class Ext2Fs {
   // Returns: the filesystem, or an errno with a one-line explanation in *why naming the problem
   // (not ext4, truncated image, unsupported feature by name, journal needs recovery, ...).
   // Errors: ENOENT/EACCES/... from open(2); EINVAL not an ext2/3/4 filesystem; EUCLEAN corrupt
-  // superblock or group descriptors; EOPNOTSUPP unsupported feature; EROFS journal needs recovery
-  // for a read-write open.
+  // superblock or group descriptors; EOPNOTSUPP unsupported feature (for a read-write open also
+  // a feature this server cannot write, see above); EROFS journal needs recovery; EBUSY
+  // (read-write) the image is in use by another read-write open ("image is in use by another
+  // process").
   static Result<std::unique_ptr<Ext2Fs>> Open(const std::string& path, const OpenOptions& options,
                                               std::string* why);
 
@@ -69,9 +87,18 @@ class Ext2Fs {
   ~Ext2Fs();
 
   // Blocks until the metadata lock is free.
-  Guard Lock() { return Guard(mu_, fs_); }
+  Guard Lock() { return Guard(mu_, fs_, this); }
 
-  // Flushes (read-write) and closes the handle. Returns the first error.
+  // Read-write: writes all dirty metadata (superblock, group descriptors, bitmaps) under the
+  // lock, then makes the image durable (fdatasync) outside it. For fsync(2) and syncfs(2).
+  // Read-only: a no-op.
+  // REQUIRES: the caller does not hold the metadata lock.
+  // Errors: EIO.
+  Result<void> Sync();
+
+  // Read-write: restores the superblock state found at open (marks it clean if it was), writes
+  // all metadata, syncs, releases the image lock. Then closes the handle. A second Close() is a
+  // no-op. Returns the first error.
   Result<void> Close();
 
   // Immutable after Open(); no lock needed.
@@ -81,13 +108,19 @@ class Ext2Fs {
   BlockDevice& data() { return *data_; }
 
  private:
+  friend class Transaction;
   Ext2Fs(ext2_filsys fs, std::unique_ptr<BlockDevice> data, const OpenOptions& options);
+
+  // Writes libext2fs's dirty metadata to the image (no sync). REQUIRES: mu_ held.
+  Result<void> FlushLocked();
 
   std::mutex mu_;  // the metadata lock; see the header comment for the order
   ext2_filsys fs_;
   std::unique_ptr<BlockDevice> data_;
   OpenOptions options_;
   uint32_t block_size_;
+  int lock_fd_ = -1;            // the data fd holding the image lock (owned by data_), or -1
+  uint16_t state_at_open_ = 0;  // s_state found at a read-write open
 };
 
 }  // namespace iomapfs::ext2

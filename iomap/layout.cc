@@ -3,13 +3,7 @@
 #include <memory>
 
 namespace iomapfs::iomap {
-namespace {
 
-// Errors from walking on-disk structures. A short read means a pointer past the end of the
-// device (Ext2Fs::Open checked that the device holds every block of the filesystem); EINVAL and
-// EOVERFLOW come from the I/O manager's lseek for a pointer so large that its byte offset does
-// not fit an off_t; the handle's navigation errors mean the tree is not shaped as its headers
-// claim. All of these are corruption, not I/O errors.
 int WalkErrno(errcode_t err) {
   switch (err) {
     case EINVAL:
@@ -28,17 +22,13 @@ int WalkErrno(errcode_t err) {
   }
 }
 
-struct ExtentHandleFree {
-  void operator()(ext2_extent_handle* h) const { ext2fs_extent_free(h); }
-};
-using ExtentHandle = std::unique_ptr<ext2_extent_handle, ExtentHandleFree>;
-
-// True if physical blocks [pblk, pblk + len) lie inside the filesystem's data area.
 bool PhysicalRangeValid(ext2_filsys fs, uint64_t pblk, uint64_t len) {
   uint64_t blocks = ext2fs_blocks_count(fs->super);
   return pblk >= fs->super->s_first_data_block && pblk != 0 && len <= blocks &&
          pblk <= blocks - len;
 }
+
+namespace {
 
 // Appends `r` to `runs`, merging it into the last run when both are of one type and
 // logically and physically contiguous.
@@ -53,10 +43,8 @@ void AppendRun(std::vector<Run>* runs, const Run& r) {
   runs->push_back(r);
 }
 
-// Moves the handle from the last entry of a leaf to the first entry of the next non-empty
-// leaf, with UP / NEXT_SIB / DOWN only. (NEXT_LEAF relies on per-level visit marks that
-// ext2fs_extent_goto2 leaves unset, and then revisits leaves; see the layout tests.)
-// Returns: true and the extent in *e, or false at the end of the tree.
+}  // namespace
+
 Result<bool> NextLeafExtent(ext2_extent_handle_t h, ext2fs_extent* e) {
   errcode_t err = ext2fs_extent_get(h, EXT2_EXTENT_NEXT_SIB, e);
   if (err == 0) return true;
@@ -86,8 +74,6 @@ Result<bool> NextLeafExtent(ext2_extent_handle_t h, ext2fs_extent* e) {
     }
   }
 }
-
-}  // namespace
 
 Result<Window> LoadExtentWindow(const ext2::Guard& g, ext2_ino_t ino, ext2_inode* inode,
                                 uint64_t target, size_t max_extents) {

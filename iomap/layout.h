@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "base/result.h"
@@ -41,6 +42,28 @@ struct Window {
   std::vector<Run> runs;
   bool Contains(uint64_t lblk) const { return lblk >= start && lblk < end; }
 };
+
+// Errors from walking on-disk structures. A short read means a pointer past the end of the
+// device (Ext2Fs::Open checked that the device holds every block of the filesystem); EINVAL and
+// EOVERFLOW come from the I/O manager's lseek for a pointer so large that its byte offset does
+// not fit an off_t; the handle's navigation errors mean the tree is not shaped as its headers
+// claim. All of these are corruption (EUCLEAN), not I/O errors.
+int WalkErrno(errcode_t err);
+
+// True if physical blocks [pblk, pblk + len) lie inside the filesystem's data area.
+bool PhysicalRangeValid(ext2_filsys fs, uint64_t pblk, uint64_t len);
+
+struct ExtentHandleFree {
+  void operator()(ext2_extent_handle* h) const { ext2fs_extent_free(h); }
+};
+using ExtentHandle = std::unique_ptr<ext2_extent_handle, ExtentHandleFree>;
+
+// Moves the handle from a leaf entry to the next leaf entry (the next sibling, else the first
+// entry of the next non-empty leaf), with UP / NEXT_SIB / DOWN only. (NEXT_LEAF relies on
+// per-level visit marks that ext2fs_extent_goto2 leaves unset, and then revisits leaves; see
+// the layout tests.) REQUIRES: the handle is on a leaf entry.
+// Returns: true and the extent in *e, or false at the end of the tree. Errors: EUCLEAN; EIO.
+Result<bool> NextLeafExtent(ext2_extent_handle_t h, ext2fs_extent* e);
 
 // Reads the extent tree of `ino` (whose inode, already read, is `inode`, with EXT4_EXTENTS_FL)
 // around logical block `target` (< kExtentLblkLimit): the extent containing or preceding
