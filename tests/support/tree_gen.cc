@@ -559,12 +559,15 @@ class Generator {
     if (!Mkdir("bigdir")) return false;
     Fd dir(open(P("bigdir").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!dir.ok()) return Fail("open bigdir");
-    for (int i = 0; i < options_.big_directory_entries; ++i) {
+    std::vector<std::string> removed;
+    // Every 7th file made is deleted again; big_directory_entries remain.
+    for (int i = 0, kept = 0; kept < options_.big_directory_entries; ++i) {
       std::string name = "e" + std::to_string(i) + "_";
       size_t extra = rng_.Below(40);
       for (size_t k = 0; k < extra; ++k) name.push_back(static_cast<char>('a' + rng_.Below(26)));
       if (i % 1000 == 999) {
         if (mkdirat(dir.get(), name.c_str(), 0755) != 0) return Fail("mkdir bigdir/" + name);
+        ++kept;
         continue;
       }
       int fd = openat(dir.get(), name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -576,6 +579,28 @@ class Generator {
       }
       close(fd);
       if (!ok) return Fail("write bigdir/" + name);
+      if (i % 7 == 3) {
+        removed.push_back(name);
+      } else {
+        ++kept;
+      }
+    }
+    // Deleted entries leave unused dirents (inode 0, merged rec_len) behind.
+    for (const std::string& name : removed) {
+      if (unlinkat(dir.get(), name.c_str(), 0) != 0) return Fail("unlink bigdir/" + name);
+    }
+    // A directory that grew to many blocks and then lost almost all of its entries.
+    if (!Mkdir("bigdir_emptied")) return false;
+    for (int i = 0; i < 600; ++i) {
+      const std::string rel = "bigdir_emptied/entry_with_a_longish_name_" + std::to_string(i);
+      if (!WriteRandomFile(rel, 0)) return false;
+      if (i % 150 != 0 && unlink(P(rel).c_str()) != 0) return Fail("unlink " + rel);
+    }
+    // Renames: a file moved between directories, a directory moved into another.
+    if (rename(P("bigdir_emptied/entry_with_a_longish_name_150").c_str(),
+               P("files/moved_in").c_str()) != 0 ||
+        rename(P("bigdir_emptied").c_str(), P("links/a/bigdir_emptied").c_str()) != 0) {
+      return Fail("rename");
     }
     return true;
   }

@@ -17,7 +17,8 @@
 //   acl/       POSIX access and default ACLs (and files that inherit a default ACL)
 //   special/   char and block devices (old and new dev_t encodings), fifos, sockets
 //   names/     255-byte names and unusual bytes in names
-//   bigdir/    a directory with many entries (50,000 by default; htree)
+//   bigdir/    a directory with many entries (50,000 by default; htree), every 7th file then
+//              deleted; a directory grown to many blocks and then mostly emptied; renames
 //   deep/      a path 40 directories deep
 //   owners/, modes/  varied uid/gid (incl. > 16 bits) and permission bits (incl. suid/sgid/sticky)
 //   times/     timestamps with nanoseconds, pre-1970, post-2038 and beyond ext4's range
