@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "tests/mkfs/mkfs_test_util.h"
+#include "tests/mount/mount_util.h"
 
 namespace iomapfs::mkfs::testing {
 namespace {
@@ -89,14 +90,19 @@ TEST(MkfsMount, BlockDeviceAndMountedTargetsRefused) {
   ASSERT_EQ(
       iomapfs::testing::Run({"sh", "-c", "yes garbage | head -c 83886080 > " + backing}).exit_code,
       0);
-  auto lo = iomapfs::testing::Run({"losetup", "-f", "--show", backing});
-  if (lo.exit_code != 0) GTEST_SKIP() << "no loop device: " << lo.output;
-  std::string dev = lo.output.substr(0, lo.output.find('\n'));
+  // Guards detach the loop device and unmount even when an assertion ends the test early.
+  iomapfs::testing::LoopDevice lo;
+  if (std::string err = lo.Attach(backing, /*read_only=*/false); !err.empty()) {
+    GTEST_SKIP() << "no loop device: " << err;
+  }
+  const std::string& dev = lo.path();
+  iomapfs::testing::MountGuard mounted;
 
   auto r = RunMkfs({"-q", "-d", src, dev});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   ExpectFsckClean(dev);
   ASSERT_EQ(iomapfs::testing::Run({"mount", "-o", "ro", dev, mnt}).exit_code, 0);
+  mounted.Arm(mnt);
   EXPECT_EQ(CompareTrees(src, mnt), "");
 
   // Mounted: the device and the image file behind it are refused, and left alone.
@@ -106,14 +112,13 @@ TEST(MkfsMount, BlockDeviceAndMountedTargetsRefused) {
   r = RunMkfs({"-q", "-F", backing});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("mounted"), std::string::npos) << r.output;
-  iomapfs::testing::Run({"umount", mnt});
+  EXPECT_EQ(mounted.Unmount(), "");
   ExpectFsckClean(dev);
 
   // A failed run on the device leaves no valid superblock behind.
   r = RunMkfs({"-q", "-F", "-d", src, dev, "3M"});
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(iomapfs::testing::Run({"dumpe2fs", "-h", dev}).exit_code, 0);
-  iomapfs::testing::Run({"losetup", "-d", dev});
 }
 
 }  // namespace
