@@ -342,6 +342,13 @@ Result<std::unique_ptr<Ext2Fs>> Ext2Fs::Open(const std::string& path, const Open
   std::unique_ptr<Ext2Fs> e2(new Ext2Fs(fs, std::move(dev), options));
   if (options.read_write) {
     e2->lock_fd_ = raw_fd;
+    // Allocation needs the block and inode bitmaps in memory (libext2fs loads them on demand
+    // only in some paths); read them once, up front, as fuse2fs does.
+    err = ext2fs_read_bitmaps(fs);
+    if (err != 0) {
+      return fail(IsCorruption(err) ? kEfsCorrupted : ErrnoFromErrcode(err),
+                  std::string("cannot read the allocation bitmaps: ") + error_message(err));
+    }
     fs->io->flags |= CHANNEL_FLAGS_WRITETHROUGH;
     // Mounted read-write without a journal: not clean until Close().
     e2->state_at_open_ = fs->super->s_state & EXT2_VALID_FS;
