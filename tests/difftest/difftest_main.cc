@@ -1,7 +1,7 @@
 // difftest: run the differential random-operation tester for one seed, by hand.
 //
 //   difftest --seed N --ops M [--kernel-only] [--keep] [--iomapfs PATH] [--check-every K]
-//            [--blocks] [--dir-size] [--no-seek] [--tmpdir DIR]
+//            [--remount-every R] [--blocks] [--dir-size] [--no-seek] [--tmpdir DIR]
 //
 // Makes the images, mounts them (kernel ext4 as the reference; iomapfs -o rw, or kernel ext4
 // with --kernel-only, as the tree under test), runs M ops of seed N in lockstep, checks both
@@ -28,12 +28,14 @@ constexpr const char* kDefaultIomapfs = "";
 
 constexpr char kUsage[] =
     "usage: difftest --seed N --ops M [--kernel-only] [--keep] [--iomapfs PATH]\n"
-    "                [--check-every K] [--blocks] [--dir-size] [--no-seek] [--tmpdir DIR]\n"
+    "                [--check-every K] [--remount-every R] [--blocks] [--dir-size]\n"
+    "                [--no-seek] [--tmpdir DIR]\n"
     "\n"
     "Runs M random filesystem operations of seed N in lockstep on kernel ext4 (loop device)\n"
     "and on an iomapfs -o rw mount, comparing every result, the trees every K ops (default\n"
-    "1000) and at the end; then e2fsck -fn on both images and a kernel-ext4 comparison of\n"
-    "what iomapfs left on disk. Needs root.\n"
+    "1000) and at the end; every R ops (default 10000; 0: never) both are unmounted, checked\n"
+    "with e2fsck -fn and mounted again; at the end e2fsck -fn on both images and a kernel-ext4\n"
+    "comparison of what iomapfs left on disk. Needs root.\n"
     "\n"
     "  --kernel-only   the tree under test is kernel ext4 too (checks the tester itself)\n"
     "  --keep          keep the work directory with both images\n"
@@ -77,6 +79,9 @@ int main(int argc, char** argv) {
       ++i;
     } else if (arg == "--check-every") {
       ok = ParseU64(value, &options.check_every);
+      ++i;
+    } else if (arg == "--remount-every") {
+      ok = ParseU64(value, &options.remount_every);
       ++i;
     } else if (arg == "--iomapfs" && value != nullptr) {
       options.iomapfs = value;

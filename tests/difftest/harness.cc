@@ -84,7 +84,13 @@ std::string ReproCommand(const HarnessOptions& options, uint64_t ops) {
   } else if (!options.iomapfs.empty()) {
     cmd += " --iomapfs " + ShellQuote(options.iomapfs);
   }
-  if (options.check_every != 1000) cmd += " --check-every " + std::to_string(options.check_every);
+  const HarnessOptions defaults;
+  if (options.check_every != defaults.check_every) {
+    cmd += " --check-every " + std::to_string(options.check_every);
+  }
+  if (options.remount_every != defaults.remount_every) {
+    cmd += " --remount-every " + std::to_string(options.remount_every);
+  }
   if (options.compare.blocks) cmd += " --blocks";
   if (options.compare.dir_size) cmd += " --dir-size";
   if (!options.compare.seek) cmd += " --no-seek";
@@ -126,23 +132,47 @@ HarnessResult RunDifftest(const HarnessOptions& options) {
   testing::CommandResult cp = testing::Run({"cp", "--sparse=always", ref_img, test_img});
   if (cp.exit_code != 0) return error(HarnessStatus::kError, "cp: " + cp.output);
 
-  const std::string test_name = options.kernel_only ? "kernel ext4 (test side)" : "iomapfs";
+  const std::string test_name = options.kernel_only
+                                    ? "kernel ext4 (test side)"
+                                    : options.iomapfs.substr(options.iomapfs.rfind('/') + 1);
   KernelSide ref, test_kernel;
   ServerMount server;
-  if (options.kernel_only) {
-    if (std::string err = test_kernel.Mount(test_img, test_mnt, false); !err.empty()) {
-      return error(HarnessStatus::kError, err);
-    }
-  } else if (std::string err = server.Start(options.iomapfs, test_img, test_mnt, "rw");
-             !err.empty()) {
+  // Mounts the tree under test; *unsupported is set if the server refuses -o rw.
+  auto mount_test = [&](bool* unsupported) -> std::string {
+    *unsupported = false;
+    if (options.kernel_only) return test_kernel.Mount(test_img, test_mnt, false);
+    std::string err = server.Start(options.iomapfs, test_img, test_mnt, "rw");
+    if (err.empty()) return "";
     const std::string& out = server.output();
     if (out.find("read-write") != std::string::npos &&
         out.find("not supported") != std::string::npos) {
+      *unsupported = true;
       std::string why = out;
       while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
-      return error(HarnessStatus::kRwUnsupported, "iomapfs refused -o rw: " + why);
+      return test_name + " refused -o rw: " + why;
     }
-    return error(HarnessStatus::kError, "iomapfs -o rw: " + err);
+    return test_name + " -o rw: " + err;
+  };
+  auto unmount_both = [&]() {
+    std::string err = options.kernel_only ? test_kernel.Unmount() : server.Stop();
+    if (std::string ref_err = ref.Unmount(); !ref_err.empty()) err += "; reference: " + ref_err;
+    return err;
+  };
+  auto fsck_both = [&]() {
+    std::string report;
+    for (const auto& [name, image] :
+         {std::pair{"reference", ref_img}, std::pair{"test", test_img}}) {
+      std::string out;
+      if (!testing::FsckClean(image, &out)) {
+        report += std::string("e2fsck -fn on the ") + name + " image is not clean:\n" + out;
+      }
+    }
+    return report;
+  };
+
+  bool unsupported = false;
+  if (std::string err = mount_test(&unsupported); !err.empty()) {
+    return error(unsupported ? HarnessStatus::kRwUnsupported : HarnessStatus::kError, err);
   }
   if (std::string err = ref.Mount(ref_img, ref_mnt, false); !err.empty()) {
     return error(HarnessStatus::kError, err);
@@ -152,11 +182,22 @@ HarnessResult RunDifftest(const HarnessOptions& options) {
   run.seed = options.seed;
   run.ops = options.ops;
   run.check_every = options.check_every;
+  run.remount_every = options.remount_every;
   run.compare = options.compare;
   run.test_name = test_name;
   run.progress = [&](uint64_t done) {
     log("seed " + std::to_string(options.seed) + ": " + std::to_string(done) + " ops, " +
         std::to_string(static_cast<int>(testing::Now() - start)) + " s");
+  };
+  run.remount = [&]() -> std::string {
+    if (std::string err = unmount_both(); !err.empty()) return "unmount: " + err;
+    if (std::string report = fsck_both(); !report.empty()) return report;
+    bool ignored;
+    if (std::string err = mount_test(&ignored); !err.empty()) return "mount: " + err;
+    if (std::string err = ref.Mount(ref_img, ref_mnt, false); !err.empty()) {
+      return "mount reference: " + err;
+    }
+    return "";
   };
   RunResult rr = RunLockstep(ref_mnt, test_mnt, run);
   result.ops_run = rr.ops_run;
@@ -164,15 +205,8 @@ HarnessResult RunDifftest(const HarnessOptions& options) {
   const uint64_t repro_ops = rr.ops_run;
 
   // Unmount both whatever happened, then check both images.
-  std::string unmount_err = options.kernel_only ? test_kernel.Unmount() : server.Stop();
-  if (std::string err = ref.Unmount(); !err.empty()) unmount_err += "; reference: " + err;
-  std::string fsck_report;
-  for (const auto& [name, image] : {std::pair{"reference", ref_img}, std::pair{"test", test_img}}) {
-    std::string out;
-    if (!testing::FsckClean(image, &out)) {
-      fsck_report += std::string("e2fsck -fn on the ") + name + " image is not clean:\n" + out;
-    }
-  }
+  const std::string unmount_err = unmount_both();
+  const std::string fsck_report = fsck_both();
 
   auto fail = [&](const std::string& message) {
     result.status = HarnessStatus::kFail;
@@ -219,7 +253,8 @@ HarnessResult RunDifftest(const HarnessOptions& options) {
   result.status = HarnessStatus::kPass;
   result.seconds = testing::Now() - start;
   result.message = "seed " + std::to_string(options.seed) + ": " + std::to_string(rr.ops_run) +
-                   " ops, " + std::to_string(rr.tree_checks) + " tree checks, fsck clean, " +
+                   " ops, " + std::to_string(rr.tree_checks) + " tree checks, " +
+                   std::to_string(rr.remounts) + " remounts with e2fsck, fsck clean, " +
                    "kernel remount matches";
   return result;
 }

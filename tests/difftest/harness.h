@@ -5,7 +5,8 @@
 // mounts the other as the tree under test (the iomapfs binary with `-o rw`, or kernel ext4 again
 // with `kernel_only`), runs RunLockstep, unmounts both, requires `e2fsck -fn` to be clean on both,
 // then mounts both read-only with kernel ext4 and compares the trees once more (what iomapfs
-// wrote must read back identically through the kernel).
+// wrote must read back identically through the kernel). Every `remount_every` ops it also
+// unmounts both mid-run, requires e2fsck -fn to be clean and mounts them again.
 //
 // Everything it mounts or attaches is undone before it returns, pass or fail; the work directory
 // is removed unless `keep`.
@@ -30,7 +31,8 @@ struct HarnessOptions {
   std::string tool;          // the difftest tool, for the repro command
   std::string tmpdir;        // parent of the work directory; default $TMPDIR or /tmp
   uint64_t image_bytes = uint64_t{1} << 30;
-  uint64_t check_every = 1000;
+  uint64_t check_every = 1000;     // tree comparison interval (RunnerOptions)
+  uint64_t remount_every = 10000;  // unmount, e2fsck -fn and mount both again (RunnerOptions)
   CompareOptions compare;
   std::function<void(const std::string&)> log;  // progress lines, if set
 };

@@ -123,6 +123,9 @@ class Generator {
   // Feeds back the reference side's result of `op` (a return value or -errno) into the model.
   void Observe(const Op& op, int64_t result);
 
+  // All fd slots were closed (the harness remounted the trees).
+  void CloseAll() { slot_open_.assign(slot_open_.size(), false); }
+
   // Model sizes, for statistics.
   size_t known_paths() const { return paths_.size(); }
 

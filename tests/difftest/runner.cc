@@ -698,9 +698,22 @@ RunResult RunLockstep(const std::string& ref_root, const std::string& test_root,
     history.push_back({i, op.Describe(), DescribeResult(r)});
     if (history.size() > options.history) history.pop_front();
     if (options.progress && (i + 1) % 10000 == 0) options.progress(i + 1);
-    if (options.check_every && (i + 1) % options.check_every == 0 && i + 1 < options.ops &&
+    if (i + 1 == options.ops) break;
+    if (options.check_every && (i + 1) % options.check_every == 0 &&
         !tree_check("after op #" + std::to_string(i))) {
       break;
+    }
+    if (options.remount_every && options.remount && (i + 1) % options.remount_every == 0) {
+      ref.CloseAll();
+      test.CloseAll();
+      gen.CloseAll();
+      ++result.remounts;
+      if (std::string err = options.remount(); !err.empty()) {
+        result.ok = false;
+        result.report = header("remount after op #" + std::to_string(i) + " failed") + err +
+                        (err.back() == '\n' ? "" : "\n") + history_text();
+        break;
+      }
     }
   }
   ref.CloseAll();

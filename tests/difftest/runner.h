@@ -98,6 +98,12 @@ struct RunnerOptions {
   std::string ref_name = "kernel ext4";
   std::string test_name = "test";
   std::function<void(uint64_t ops_done)> progress;  // called every 10,000 ops, if set
+  // Every `remount_every` ops (0: never; not after the last op) the fds of both sides are
+  // closed and `remount` is called (the harness unmounts both trees, checks them with e2fsck
+  // and mounts them again at the same roots); a non-empty return is a failure. Closing the fds
+  // is part of the op sequence, so a repro must use the same interval.
+  uint64_t remount_every = 0;
+  std::function<std::string()> remount;
 };
 
 struct RunResult {
@@ -105,6 +111,7 @@ struct RunResult {
   uint64_t ops_run = 0;    // ops executed on both sides (the failing one included)
   int64_t failed_op = -1;  // index of the mismatching op; -1 if none or a tree check failed
   uint64_t tree_checks = 0;
+  uint64_t remounts = 0;
   std::string report;  // on failure
   struct KindStats {
     uint64_t runs = 0;
