@@ -169,6 +169,11 @@ class Engine {
   Result<std::vector<ZeroSpan>> ZeroRange(ext2::Transaction& tx, Ino ino, uint64_t pos,
                                           uint64_t len, bool keep_size);
 
+  // Bytes the inline-data file `ino` can hold without conversion to blocks: i_block plus the
+  // room its system.data xattr can grow to inside the inode.
+  // REQUIRES: g holds the metadata lock. Errors: EINVAL not an inline-data file; ENOENT; EIO.
+  Result<uint64_t> InlineCapacity(const ext2::Guard& g, Ino ino);
+
   // The largest file size of `ino`'s format, as kernel ext4 computes s_maxbytes: extent files
   // (2^32 - 1) blocks, indirect files what the block map addresses; without huge_file at most
   // 2^32 - 1 sectors. REQUIRES: g holds the metadata lock. Errors: ENOENT.

@@ -94,7 +94,7 @@ Result<T> Finish(Transaction& tx, Ino ino, InodeBuf& inode, Result<T> r) {
 
 // Bytes the inline area of `ino` can hold: i_block plus the room the system.data xattr value
 // can grow to inside the inode (ext2fs_inline_data_set's own rule, rounded as xattr values are).
-Result<uint64_t> InlineCapacity(const ext2::Guard& g, ext2_ino_t ino) {
+Result<uint64_t> InlineCapacityOf(const ext2::Guard& g, ext2_ino_t ino) {
   size_t existing = 0;
   errcode_t err = ext2fs_inline_data_size(g.fs(), ino, &existing);
   if (err != 0) return Unexpected(ext2::ErrnoFromErrcode(err));
@@ -121,7 +121,7 @@ Result<std::vector<char>> InlineGet(const ext2::Guard& g, ext2_ino_t ino, InodeB
 
 // Rewrites the inline area of `ino` as: its bytes below min(i_size, new_size), `data` at
 // `data_pos`, zeros in [zero_from, zero_to) and past new_size; then sets i_size = new_size.
-// REQUIRES: new_size and data_pos + data.size() <= InlineCapacity().
+// REQUIRES: new_size and data_pos + data.size() <= InlineCapacityOf().
 Result<void> RewriteInline(Transaction& tx, Ino ino, uint64_t new_size, uint64_t data_pos,
                            std::span<const std::byte> data, uint64_t zero_from, uint64_t zero_to) {
   const ext2::Guard& g = tx.guard();
@@ -561,6 +561,13 @@ std::vector<ZeroSpan> Engine::WriteZeroSpans(const std::vector<Mapping>& maps, u
   return spans;
 }
 
+Result<uint64_t> Engine::InlineCapacity(const ext2::Guard& g, Ino ino) {
+  if (ino.value() == 0 || ino.value() > g->super->s_inodes_count) return Unexpected(ENOENT);
+  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, InodeBuf::Read(g, Raw(ino)));
+  if (!inode.has_inline_data()) return Unexpected(EINVAL);
+  return InlineCapacityOf(g, Raw(ino));
+}
+
 Result<uint64_t> Engine::MaxFileSize(const ext2::Guard& g, Ino ino) {
   if (ino.value() == 0 || ino.value() > g->super->s_inodes_count) return Unexpected(ENOENT);
   IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, InodeBuf::Read(g, Raw(ino)));
@@ -575,7 +582,7 @@ Result<std::vector<Mapping>> Engine::PrepareWrite(Transaction& tx, Ino ino, uint
   const uint64_t bs = fs_.block_size();
   const uint64_t end = pos + len;
   if (inode.has_inline_data()) {
-    IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacity(g, Raw(ino)));
+    IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacityOf(g, Raw(ino)));
     if (end <= cap) {
       return std::vector<Mapping>{
           Mapping{0, std::max(inode.size(), end), kNullAddr, MappingType::kInline, 0}};
@@ -614,7 +621,7 @@ Result<size_t> Engine::WriteInline(Transaction& tx, Ino ino, uint64_t pos,
   if (data.empty()) return size_t{0};
   IOMAPFS_TRY(CheckRange(g.fs(), inode, pos, data.size()));
   const uint64_t end = pos + data.size();
-  IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacity(g, Raw(ino)));
+  IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacityOf(g, Raw(ino)));
   if (end > cap) return Unexpected(ENOSPC);
   Invalidate(g, ino);
   IOMAPFS_TRY(RewriteInline(tx, ino, std::max(inode.size(), end), pos, data, 0, 0));
@@ -630,7 +637,7 @@ Result<void> Engine::CompleteWrite(Transaction& tx, Ino ino, uint64_t pos, uint6
   Invalidate(g, ino);
   if (inode.has_inline_data()) {
     if (new_size <= inode.size()) return {};
-    IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacity(g, Raw(ino)));
+    IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacityOf(g, Raw(ino)));
     if (new_size <= cap) return RewriteInline(tx, ino, new_size, 0, {}, 0, 0);
     IOMAPFS_TRY(ExpandInline(tx, ino));
     IOMAPFS_ASSIGN_OR_RETURN(inode, ReadForWrite(g, ino));
@@ -677,7 +684,7 @@ Result<std::vector<ZeroSpan>> Engine::Truncate(Transaction& tx, Ino ino, uint64_
   Invalidate(g, ino);
   std::vector<ZeroSpan> spans;
   if (inode.has_inline_data()) {
-    IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacity(g, Raw(ino)));
+    IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacityOf(g, Raw(ino)));
     if (new_size <= cap) {
       IOMAPFS_TRY(RewriteInline(tx, ino, new_size, 0, {}, 0, 0));
       return spans;
@@ -778,7 +785,7 @@ Result<std::vector<ZeroSpan>> Engine::ZeroRange(Transaction& tx, Ino ino, uint64
   Invalidate(g, ino);
   if (inode.has_inline_data()) {
     uint64_t new_size = keep_size ? inode.size() : std::max(inode.size(), end);
-    IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacity(g, Raw(ino)));
+    IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacityOf(g, Raw(ino)));
     if (new_size <= cap) {
       IOMAPFS_TRY(RewriteInline(tx, ino, new_size, 0, {}, pos, end));
       return std::vector<ZeroSpan>();
