@@ -1,6 +1,7 @@
 #include "ext2/inode_buf.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace iomapfs::ext2 {
 
@@ -13,6 +14,11 @@ Result<InodeBuf> InodeBuf::Read(const Guard& g, ext2_ino_t ino) {
   errcode_t err = ext2fs_read_inode_full(g.fs(), ino, b.base(), static_cast<int>(b.disk_size_));
   if (err != 0) return Unexpected(ErrnoFromErrcode(err));
   return b;
+}
+
+bool InodeBuf::SameBytes(const InodeBuf& o) const {
+  return disk_size_ == o.disk_size_ &&
+         std::memcmp(storage_.data(), o.storage_.data(), disk_size_) == 0;
 }
 
 Result<void> InodeBuf::SetSize(const Guard& g, uint64_t size) {

@@ -38,6 +38,9 @@ class InodeBuf {
   bool has_extents() const { return (flags() & EXT4_EXTENTS_FL) != 0; }
   bool has_inline_data() const { return (flags() & EXT4_INLINE_DATA_FL) != 0; }
 
+  // True if both hold the same on-disk bytes.
+  bool SameBytes(const InodeBuf& o) const;
+
  private:
   InodeBuf() = default;
   // uint64_t elements: aligned for every field of ext2_inode_large.

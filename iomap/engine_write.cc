@@ -80,11 +80,14 @@ Result<void> Release(Transaction& tx, InodeBuf& inode, uint64_t pblk, uint64_t n
   return FromErrcode(ext2fs_iblk_sub_blocks(tx.fs(), inode.base(), n));
 }
 
-// Writes the inode whatever happened before: blocks may have been claimed or a tree block
-// allocated even when the operation failed, and i_blocks must say so.
+// Writes the inode whatever happened before (blocks may have been claimed or a tree block
+// allocated even when the operation failed, and i_blocks must say so), unless it is unchanged
+// (an overwrite of written blocks changes nothing: no metadata write).
 template <class T>
 Result<T> Finish(Transaction& tx, Ino ino, InodeBuf& inode, Result<T> r) {
-  Result<void> w = tx.WriteInode(Raw(ino), inode);
+  Result<void> w;
+  auto on_disk = InodeBuf::Read(tx.guard(), Raw(ino));
+  if (!on_disk || !on_disk->SameBytes(inode)) w = tx.WriteInode(Raw(ino), inode);
   if (!r) return r;
   if (!w) return Unexpected(w.error());
   return r;

@@ -141,6 +141,7 @@ bool IsTrusted(std::string_view name) { return name.rfind("trusted.", 0) == 0; }
 struct Dispatcher::Context {
   Dispatcher& d;
   const wire::Request& req;
+  ReplySink& sink;
 
   ext4::Filesystem& fs() { return d.fs_; }
   wire::CacheTimeout entry_timeout() const { return {d.options_.entry_timeout_sec, 0}; }
@@ -148,7 +149,9 @@ struct Dispatcher::Context {
   bool caller_is_root() const { return req.header.uid == 0; }
 
   abi::fuse_entry_out Entry(const ext4::Attr& a) const {
-    return wire::MakeEntryOut(a.ino, a.generation, ToFuseAttr(a), entry_timeout(), attr_timeout());
+    abi::fuse_attr attr = ToFuseAttr(a);
+    attr.flags |= d.iomap_->AttrFlags(a.mode);  // latched at instantiation (iomap spec §1.5)
+    return wire::MakeEntryOut(a.ino, a.generation, attr, entry_timeout(), attr_timeout());
   }
 
   // A value reply that honours the size-query protocol of GETXATTR/LISTXATTR.
@@ -172,6 +175,11 @@ struct Dispatcher::Context {
     uint64_t offered = r.flags;
     if ((offered & abi::FUSE_INIT_EXT) == 0) offered &= 0xffffffffull;
     uint64_t enabled = offered & kWantedInitFlags;
+    // fuse-iomap (iomap spec §1.3): FUSE_IOMAP in flags2 and minor 99, else classic mode.
+    if ((offered & abi::FUSE_INIT_EXT) != 0 && d.iomap_->Negotiate(offered)) {
+      enabled |= abi::FUSE_IOMAP;
+      minor = abi::FUSE_IOMAP_KERNEL_MINOR_VERSION;
+    }
     wire::InitOutParams p;
     p.minor = minor;
     p.max_readahead = r.max_readahead;
@@ -193,6 +201,7 @@ struct Dispatcher::Context {
   }
 
   Result<Reply> On(const wire::DestroyReq&) {
+    d.iomap_->Destroy(sink);
     d.destroyed_.store(true);
     return Reply::Empty();
   }
@@ -281,6 +290,7 @@ struct Dispatcher::Context {
   Result<Reply> On(const wire::OpenReq& r) {
     if (d.options_.read_only && (r.flags & O_ACCMODE) != O_RDONLY) return Unexpected(EROFS);
     IOMAPFS_ASSIGN_OR_RETURN(FileHandle fh, fs().Open(req.node, static_cast<int>(r.flags)));
+    d.iomap_->Opened(req, sink);
     // Nothing changes a read-only image behind the kernel: keep its page cache across opens.
     uint32_t open_flags = d.options_.read_only ? abi::FOPEN_KEEP_CACHE : 0;
     return Reply::Of(wire::MakeOpenOut(fh, open_flags));
@@ -367,8 +377,38 @@ struct Dispatcher::Context {
   Result<Reply> On(const wire::FallocateReq&) { return Modify(); }
   Result<Reply> On(const wire::CopyFileRangeReq&) { return Modify(); }
 
-  // Everything else (locks: the kernel then does local locking; ioctl, poll, bmap; the iomap
-  // opcodes, which a classic-mode connection never negotiates): not implemented.
+  // fuse-iomap opcodes (iomap_handler.h); ENOSYS on a classic-mode connection.
+  Result<Reply> On(const wire::IomapConfigReq& r) {
+    IOMAPFS_ASSIGN_OR_RETURN(abi::fuse_iomap_config_out out, d.iomap_->Config(r, sink));
+    return Reply::Of(out);
+  }
+  Result<Reply> On(const wire::IomapBeginReq& r) {
+    IOMAPFS_ASSIGN_OR_RETURN(abi::fuse_iomap_begin_out out, d.iomap_->Begin(req, r, sink));
+    return Reply::Of(out);
+  }
+  Result<Reply> On(const wire::IomapEndReq& r) {
+    IOMAPFS_TRY(d.iomap_->End(req, r, sink));
+    return Reply::Empty();
+  }
+  Result<Reply> On(const wire::IomapIoendReq& r) {
+    IOMAPFS_ASSIGN_OR_RETURN(abi::fuse_iomap_ioend_out out, d.iomap_->Ioend(req, r, sink));
+    return Reply::Of(out);
+  }
+  Result<Reply> On(const wire::FreezeReq&) {
+    IOMAPFS_TRY(d.iomap_->Freeze());
+    return Reply::Empty();
+  }
+  Result<Reply> On(const wire::UnfreezeReq&) {
+    IOMAPFS_TRY(d.iomap_->Unfreeze());
+    return Reply::Empty();
+  }
+  Result<Reply> On(const wire::ShutdownReq&) {
+    IOMAPFS_TRY(d.iomap_->Shutdown());
+    return Reply::Empty();
+  }
+
+  // Everything else (locks: the kernel then does local locking; ioctl, poll, bmap): not
+  // implemented.
   template <class T>
   Result<Reply> On(const T&) {
     return Unexpected(ENOSYS);
@@ -376,7 +416,9 @@ struct Dispatcher::Context {
 };
 
 Dispatcher::Dispatcher(ext4::Filesystem& fs, const DispatcherOptions& options)
-    : fs_(fs), options_(options) {}
+    : fs_(fs), options_(options), iomap_(std::make_unique<IomapHandler>(fs, options.iomap)) {}
+
+Dispatcher::~Dispatcher() = default;
 
 size_t Dispatcher::MaxRequestSize() const {
   // Header + fuse_write_in + the largest payload, with room for SETXATTR names.
@@ -434,7 +476,7 @@ void Dispatcher::Handle(std::span<const std::byte> msg, ReplySink& sink) {
 
   Result<Reply> reply = Unexpected(EIO);
   try {
-    Context c{*this, *req};
+    Context c{*this, *req, sink};
     reply = std::visit([&](const auto& body) { return c.On(body); }, req->body);
   } catch (const std::bad_alloc&) {
     reply = Unexpected(ENOMEM);
@@ -449,6 +491,7 @@ void Dispatcher::Handle(std::span<const std::byte> msg, ReplySink& sink) {
               static_cast<unsigned long long>(req->node.value()),
               reply ? "ok" : strerror(reply.error()));
   }
+  iomap_->AfterRequest(*req, reply.has_value(), sink);
   if (reply && reply->none) return;
   if (!wire::NeedsReply(opcode)) return;
   if (!reply) {

@@ -11,8 +11,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 
 #include "fsserver/dispatch/handler.h"
+#include "fsserver/dispatch/iomap_handler.h"
 #include "fsserver/ext4/filesystem.h"
 
 namespace iomapfs::dispatch {
@@ -27,6 +29,8 @@ struct DispatcherOptions {
   // Largest WRITE payload / READ size negotiated (FUSE_MAX_PAGES; the kernel clamps to its
   // fs.fuse.max_pages_limit).
   uint32_t max_io_bytes = 1u << 20;
+  // fuse-iomap mode, used when the kernel offers FUSE_IOMAP (iomap_handler.h).
+  IomapOptions iomap;
 };
 
 // Counters for tests and debugging.
@@ -39,6 +43,7 @@ struct DispatchStats {
 class Dispatcher final : public RequestHandler {
  public:
   Dispatcher(ext4::Filesystem& fs, const DispatcherOptions& options);
+  ~Dispatcher() override;
 
   void Handle(std::span<const std::byte> msg, ReplySink& sink) override;
   size_t MaxRequestSize() const override;
@@ -49,6 +54,8 @@ class Dispatcher final : public RequestHandler {
   uint64_t init_flags() const { return init_flags_.load(std::memory_order_acquire); }
   bool destroyed() const { return destroyed_.load(); }
   const DispatchStats& stats() const { return stats_; }
+  // The fuse-iomap side (enabled() once INIT negotiated FUSE_IOMAP).
+  const IomapHandler& iomap() const { return *iomap_; }
 
  private:
   struct Context;
@@ -59,6 +66,7 @@ class Dispatcher final : public RequestHandler {
   std::atomic<uint64_t> init_flags_{0};  // flags we enabled (offered by the kernel and wanted)
   std::atomic<bool> destroyed_{false};
   DispatchStats stats_;
+  std::unique_ptr<IomapHandler> iomap_;
 };
 
 }  // namespace iomapfs::dispatch

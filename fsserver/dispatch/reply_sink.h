@@ -11,6 +11,7 @@
 #include <span>
 
 #include "base/result.h"
+#include "fsserver/dispatch/kernel_control.h"
 
 namespace iomapfs::dispatch {
 
@@ -21,6 +22,9 @@ class ReplySink {
   // Errors: ENOENT (the request was interrupted or aborted: not a failure), ENODEV (the
   // connection is gone), EINVAL (the kernel rejected the message).
   virtual Result<void> Send(std::span<const iovec> iov) = 0;
+  // The out-of-band control path of the connection this sink belongs to (notifications,
+  // backing-device and BPF registration), or nullptr if the transport has none (tests).
+  virtual KernelControl* control() { return nullptr; }
 };
 
 }  // namespace iomapfs::dispatch

@@ -330,6 +330,10 @@ Result<void> Filesystem::Access(Ino ino, int mask, const Caller& caller) {
   return CheckPermission(owner, acl ? &*acl : nullptr, mask, who, impl_->options.fakeroot);
 }
 
+// For the iomap operations (iomap_ops.cc).
+ext2::Ext2Fs& Filesystem::ext2fs() { return *impl_->fs; }
+iomap::Engine& Filesystem::engine() { return *impl_->engine; }
+
 Result<void> Filesystem::Close() {
   {
     std::lock_guard<std::mutex> lock(impl_->handles_mu);

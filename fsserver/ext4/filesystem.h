@@ -21,6 +21,11 @@
 #include "base/result.h"
 #include "base/strong_id.h"
 #include "ext2/ext2_fs.h"
+#include "iomap/mapping.h"
+
+namespace iomapfs::iomap {
+class Engine;
+}  // namespace iomapfs::iomap
 
 namespace iomapfs::ext4 {
 
@@ -227,7 +232,50 @@ class Filesystem {
   // Flushes and closes the filesystem. Returns the first error.
   Result<void> Close();
 
+  // ---------------------------------------------------------------------------------------
+  // iomap mode (iomap_ops.cc; spec/fuse-iomap-protocol.md). Mappings carry filesystem byte
+  // addresses (add data_offset() for the image or device); the caller turns them into wire
+  // mappings and serializes BEGIN/IOEND per inode as the spec asks (§10).
+
+  // What FUSE_IOMAP_CONFIG reports (§7.2), from the superblock as kernel ext4 sets it up.
+  struct IomapGeometry {
+    uint32_t block_size = 0;
+    uint8_t uuid[16] = {};
+    char volume_name[17] = {};  // s_volume_name, NUL-terminated
+    uint64_t max_bytes = 0;     // ext4_max_size(): the extent-format limit (huge_file aware)
+    uint32_t max_links = 0;     // EXT4_LINK_MAX
+    uint32_t time_gran = 0;     // ns: 1 with the extra timestamp fields, else 10^9
+    int64_t time_min = 0, time_max = 0;
+  };
+  IomapGeometry GetIomapGeometry();
+
+  // The mapping of a read, REPORT or DIRECT read at `pos` (whole extent, not clipped to a
+  // count). Errors: EINVAL not a regular file; as Engine::Map.
+  Result<iomap::Mapping> IomapRead(Ino ino, uint64_t pos, uint32_t opflags);
+  // A write op (WRITE, ZERO, UNSHARE, WRITEBACK) of [pos, pos + count): the existing mapping at
+  // pos, or, if that is a hole and the op is not ZERO, storage allocated for the range
+  // (UNWRITTEN extents; MAPPED and zero-filled blocks on indirect files) with kFlagDirty.
+  // Returns: mappings in order, the first covering pos; *allocated tells whether storage was
+  // allocated. Errors: EFBIG pos past the file's maximum size; ENOSPC; EROFS; as PrepareWrite.
+  Result<std::vector<iomap::Mapping>> IomapWrite(Ino ino, uint64_t pos, uint64_t count,
+                                                 uint32_t opflags, bool* allocated);
+  // IOEND of [pos, pos + written): converts unwritten extents there (when `convert`) and raises
+  // i_size to pos + written if larger. Returns: i_size afterwards.
+  Result<uint64_t> IomapIoend(Ino ino, uint64_t pos, uint64_t written, bool convert);
+  // Raises i_size to new_size if larger (END after a size-extending buffered write).
+  Result<uint64_t> IomapRaiseSize(Ino ino, uint64_t new_size);
+  // The mappings of [0, ceil(i_size)) in order, at most `max_count` of them (0: none).
+  // Errors: EINVAL not a regular file; as Engine::MapRange.
+  Result<std::vector<iomap::Mapping>> IomapFileMappings(Ino ino, size_t max_count);
+  // Writes all metadata and syncs the image (FREEZE_FS, §8).
+  Result<void> IomapSync();
+  // The image fd (data I/O) and the filesystem's byte offset in it.
+  int data_fd();
+  uint64_t data_offset();
+
  private:
+  ext2::Ext2Fs& ext2fs();
+  iomap::Engine& engine();
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "fsserver/wire/fuse_abi.h"
+
 namespace iomapfs::session {
 namespace {
 // _IOR(229, 0, uint32_t): spec/fuse-mainline-7.45-and-io-uring.md §6.
@@ -39,6 +41,20 @@ Result<void> FuseDevChannel::Send(std::span<const iovec> iov) {
     if (errno == EINTR) continue;
     return Unexpected(errno);
   }
+}
+
+Result<uint32_t> FuseDevChannel::BackingOpen(int fd, uint32_t flags) {
+  abi::fuse_backing_map map{};
+  map.fd = fd;
+  map.flags = flags;
+  int id = ::ioctl(fd_, abi::FUSE_DEV_IOC_BACKING_OPEN, &map);
+  if (id < 0) return Unexpected(errno);
+  return static_cast<uint32_t>(id);
+}
+
+Result<void> FuseDevChannel::BackingClose(uint32_t backing_id) {
+  if (::ioctl(fd_, abi::FUSE_DEV_IOC_BACKING_CLOSE, &backing_id) != 0) return Unexpected(errno);
+  return {};
 }
 
 }  // namespace iomapfs::session

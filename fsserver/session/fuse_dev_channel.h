@@ -2,8 +2,12 @@
 //
 // A mounted session has one original fd; each extra worker clones it with FUSE_DEV_IOC_CLONE
 // so it gets its own processing queue (spec/fuse-mainline-7.45-and-io-uring.md §6, §9).
-// Thread-safety: one worker thread reads and replies on a channel; Send() is also safe from
-// other threads (a single writev is atomic on /dev/fuse).
+// It is also the connection's KernelControl: notifications are written to the fd, backing
+// devices are registered with FUSE_DEV_IOC_BACKING_OPEN on it (spec/fuse-iomap-protocol.md §11).
+// UNTESTED against a real iomap kernel (none is available here): the ioctl numbers and structs
+// follow the spec's v7 ABI.
+// Thread-safety: one worker thread reads and replies on a channel; Send(), Notify() and the
+// ioctls are also safe from other threads (a single writev is atomic on /dev/fuse).
 // Ownership: owns its fd unless constructed with `owned = false` (the session's original fd,
 // which libfuse closes).
 #pragma once
@@ -13,11 +17,12 @@
 
 #include "base/result.h"
 #include "base/unique_fd.h"
+#include "fsserver/dispatch/kernel_control.h"
 #include "fsserver/dispatch/reply_sink.h"
 
 namespace iomapfs::session {
 
-class FuseDevChannel final : public dispatch::ReplySink {
+class FuseDevChannel final : public dispatch::ReplySink, public dispatch::KernelControl {
  public:
   // Borrows `fd` (not closed by this object).
   static FuseDevChannel Borrow(int fd) { return FuseDevChannel(fd, UniqueFd()); }
@@ -35,6 +40,14 @@ class FuseDevChannel final : public dispatch::ReplySink {
   Result<size_t> Receive(std::span<std::byte> buf);
 
   Result<void> Send(std::span<const iovec> iov) override;
+  dispatch::KernelControl* control() override { return this; }
+
+  // KernelControl: write(2) of the notification; FUSE_DEV_IOC_BACKING_OPEN/CLOSE. AttachBpf is
+  // EOPNOTSUPP (the struct_ops hook of the fuse-iomap-bpf branch is not wired to a real kernel).
+  Result<void> Notify(std::span<const iovec> iov) override { return Send(iov); }
+  Result<uint32_t> BackingOpen(int fd, uint32_t flags) override;
+  Result<void> BackingClose(uint32_t backing_id) override;
+  Result<void> AttachBpf(int) override { return Unexpected(EOPNOTSUPP); }
 
   int fd() const { return fd_; }
 

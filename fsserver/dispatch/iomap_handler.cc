@@ -1,0 +1,508 @@
+#include "fsserver/dispatch/iomap_handler.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <linux/loop.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "base/log.h"
+#include "base/unique_fd.h"
+#include "bpf/dispatcher.h"
+#include "bpf/file_map.h"
+#include "fsserver/wire/node_id.h"
+#include "fsserver/wire/reply.h"
+#include "iomap/mapping.h"
+
+namespace iomapfs::dispatch {
+
+namespace abi = iomapfs::abi;
+
+namespace {
+
+constexpr uint32_t kWriteOps = abi::FUSE_IOMAP_OP_WRITE | abi::FUSE_IOMAP_OP_ZERO |
+                               abi::FUSE_IOMAP_OP_UNSHARE | abi::FUSE_IOMAP_OP_WRITEBACK;
+// Ops that never use the kernel cache (§4.3, §12.2): no RETRY_CACHE for them.
+constexpr uint32_t kNoCacheOps = abi::FUSE_IOMAP_OP_ATOMIC | abi::FUSE_IOMAP_OP_SWAPFILE;
+
+abi::fuse_iomap_io PureOverwrite(const abi::fuse_iomap_io& read) {
+  abi::fuse_iomap_io w{};
+  w.offset = read.offset;
+  w.length = read.length;
+  w.addr = abi::FUSE_IOMAP_NULL_ADDR;
+  w.type = abi::FUSE_IOMAP_TYPE_PURE_OVERWRITE;
+  return w;
+}
+
+// The portable NOCACHE / RETRY_CACHE slot (§12.3, §12.6): the real slot's range, nothing else.
+abi::fuse_iomap_io Placeholder(const abi::fuse_iomap_io& real, uint16_t type) {
+  abi::fuse_iomap_io p = PureOverwrite(real);
+  p.type = type;
+  return p;
+}
+
+Result<void> SendNotify(ReplySink& sink, const std::vector<std::byte>& msg) {
+  KernelControl* control = sink.control();
+  if (control == nullptr) return Unexpected(ENOTCONN);
+  iovec iov{const_cast<std::byte*>(msg.data()), msg.size()};
+  return control->Notify(std::span<const iovec>(&iov, 1));
+}
+
+// Puts the image file on a free loop device (LOOP_CTL_GET_FREE + LOOP_CONFIGURE with
+// autoclear, as fuse4fs' helper does), so that it can be registered as a block device.
+// UNTESTED against a real iomap kernel. Errors: open/ioctl errno.
+Result<UniqueFd> AttachLoop(int image_fd, bool read_only, std::string* path) {
+  UniqueFd ctl(::open("/dev/loop-control", O_RDWR | O_CLOEXEC));
+  if (!ctl.valid()) return Unexpected(errno);
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    int n = ::ioctl(ctl.get(), LOOP_CTL_GET_FREE);
+    if (n < 0) return Unexpected(errno);
+    *path = "/dev/loop" + std::to_string(n);
+    UniqueFd loop(::open(path->c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
+    if (!loop.valid()) return Unexpected(errno);
+    loop_config cfg{};
+    cfg.fd = static_cast<uint32_t>(image_fd);
+    cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR | (read_only ? LO_FLAGS_READ_ONLY : 0);
+    if (::ioctl(loop.get(), LOOP_CONFIGURE, &cfg) == 0) return loop;
+    if (errno != EBUSY) return Unexpected(errno);  // EBUSY: raced with another user
+  }
+  return Unexpected(EBUSY);
+}
+
+}  // namespace
+
+struct IomapHandler::Bpf {
+  bpf::Dispatcher dispatcher;
+};
+
+IomapHandler::IomapHandler(ext4::Filesystem& fs, const IomapOptions& options)
+    : fs_(fs), options_(options) {}
+
+IomapHandler::~IomapHandler() = default;
+
+bool IomapHandler::Negotiate(uint64_t offered) {
+  if (!options_.enable || (offered & abi::FUSE_IOMAP) == 0) return false;
+  if (fs_.data_fd() < 0) {
+    LOG_WARNING("iomap mode declined: the filesystem is not backed by a file descriptor");
+    return false;
+  }
+  block_size_ = fs_.block_size();
+  data_offset_ = fs_.data_offset();
+  struct stat st {};
+  if (::fstat(fs_.data_fd(), &st) != 0) return false;
+  if (S_ISBLK(st.st_mode)) {
+    uint64_t bytes = 0;
+    device_bytes_ = ::ioctl(fs_.data_fd(), BLKGETSIZE64, &bytes) == 0 ? bytes : 0;
+  } else {
+    device_bytes_ = static_cast<uint64_t>(st.st_size);
+  }
+  enabled_.store(true, std::memory_order_release);
+  LOG_INFO("iomap mode: acknowledged FUSE_IOMAP (EXPERIMENTAL protocol minor %u)",
+           abi::FUSE_IOMAP_KERNEL_MINOR_VERSION);
+  return true;
+}
+
+uint32_t IomapHandler::AttrFlags(uint32_t mode) const {
+  if (!enabled() || !S_ISREG(mode)) return 0;
+  return abi::FUSE_ATTR_EXCLUSIVE | abi::FUSE_ATTR_IOMAP;
+}
+
+Result<abi::fuse_iomap_config_out> IomapHandler::Config(const wire::IomapConfigReq& r,
+                                                        ReplySink& sink) {
+  if (!enabled()) return Unexpected(ENOSYS);
+  KernelControl* control = sink.control();
+  if (control == nullptr) return Unexpected(EIO);
+  ext4::Filesystem::IomapGeometry geo = fs_.GetIomapGeometry();
+
+  // §1.4: register the device every mapping names. A block device (or the kernel model, which
+  // takes the image file) directly; an image file on a real kernel through a loop device.
+  const int data_fd = fs_.data_fd();
+  Result<uint32_t> id = control->BackingOpen(data_fd, abi::FUSE_BACKING_TYPE_IOMAP);
+  if (!id && id.error() == ENODEV) {
+    std::string loop_path;
+    Result<UniqueFd> loop = AttachLoop(data_fd, fs_.read_only(), &loop_path);
+    if (!loop) {
+      LOG_ERROR(
+          "iomap mode: the image is not a block device and no loop device could be set "
+          "up (%s); the mount cannot continue in iomap mode",
+          strerror(loop.error()));
+      return Unexpected(EIO);
+    }
+    LOG_INFO("iomap mode: image attached to %s", loop_path.c_str());
+    id = control->BackingOpen(loop->get(), abi::FUSE_BACKING_TYPE_IOMAP);
+  }
+  if (!id) {
+    LOG_ERROR("iomap mode: BACKING_OPEN failed: %s", strerror(id.error()));
+    return Unexpected(id.error());
+  }
+  dev_.store(*id, std::memory_order_release);
+
+  max_bytes_ = std::min<uint64_t>(geo.max_bytes, static_cast<uint64_t>(r.maxbytes));
+  uint32_t cache_bytes = options_.cache_maxbytes != 0 ? options_.cache_maxbytes : r.cache_maxbytes;
+  if (cache_bytes != 0) fork_limit_records_ = std::max<size_t>(1, cache_bytes / 32);
+
+  if (options_.bpf) {
+    std::string why;
+    Result<bpf::Dispatcher> d = bpf::Dispatcher::Create(bpf::DispatcherOptions{}, &why);
+    if (!d) {
+      LOG_WARNING("iomap mode: no BPF dispatcher (%s): %s", strerror(d.error()), why.c_str());
+    } else if (Result<void> a = control->AttachBpf(d->fd()); !a) {
+      LOG_WARNING("iomap mode: cannot attach the BPF dispatcher: %s", strerror(a.error()));
+    } else {
+      std::lock_guard<std::mutex> lock(bpf_mu_);
+      bpf_ = std::make_unique<Bpf>(Bpf{std::move(*d)});
+    }
+  }
+
+  wire::IomapConfig c;
+  c.flags = abi::FUSE_IOMAP_CONFIG_SID | abi::FUSE_IOMAP_CONFIG_UUID |
+            abi::FUSE_IOMAP_CONFIG_BLOCKSIZE | abi::FUSE_IOMAP_CONFIG_MAX_LINKS |
+            abi::FUSE_IOMAP_CONFIG_TIME | abi::FUSE_IOMAP_CONFIG_MAXBYTES;
+  c.s_id = geo.volume_name[0] != '\0' ? std::string_view(geo.volume_name) : "iomapfs";
+  c.uuid = std::span<const uint8_t>(geo.uuid, sizeof(geo.uuid));
+  c.blocksize = geo.block_size;
+  c.max_links = geo.max_links;
+  c.time_gran = geo.time_gran;
+  c.time_min = geo.time_min;
+  c.time_max = geo.time_max;
+  c.maxbytes = static_cast<int64_t>(max_bytes_);
+  if (options_.cache_maxbytes != 0) {
+    c.flags |= abi::FUSE_IOMAP_CONFIG_CACHE_MAXBYTES;
+    c.cache_maxbytes = options_.cache_maxbytes;
+  }
+  // Only the flags the kernel understands (it rejects unknown bits).
+  c.flags &= r.flags;
+  return wire::MakeIomapConfigOut(c);
+}
+
+abi::fuse_iomap_io IomapHandler::ToWire(const iomap::Mapping& m) const {
+  abi::fuse_iomap_io io{};
+  io.offset = m.offset;
+  io.length = m.length;
+  io.type = static_cast<uint16_t>(m.type);
+  io.flags = m.flags & iomap::kFlagsValidMask;
+  io.addr = abi::FUSE_IOMAP_NULL_ADDR;
+  io.dev = abi::FUSE_IOMAP_DEV_NULL;
+  switch (m.type) {
+    case iomap::MappingType::kMapped:
+    case iomap::MappingType::kUnwritten:
+      io.addr = m.addr + data_offset_;
+      io.dev = backing_id();
+      break;
+    case iomap::MappingType::kInline:
+      // The engine's INLINE mapping ends at i_size; the kernel wants whole blocks (§4.5, §9).
+      io.offset = 0;
+      io.length = block_size_;
+      break;
+    default:
+      break;
+  }
+  return io;
+}
+
+Result<void> IomapHandler::Check(const abi::fuse_iomap_io& io, uint64_t pos) const {
+  std::string why;
+  iomap::Mapping m;
+  m.offset = io.offset;
+  m.length = io.length;
+  m.type = static_cast<iomap::MappingType>(io.type);
+  m.flags = io.flags;
+  m.addr = io.addr;
+  bool real = io.type == abi::FUSE_IOMAP_TYPE_MAPPED || io.type == abi::FUSE_IOMAP_TYPE_UNWRITTEN;
+  if (real) m.addr = io.addr - data_offset_;
+  Result<void> ok = iomap::CheckMapping(m, pos, block_size_, device_bytes_ - data_offset_, &why);
+  if (ok && io.type == abi::FUSE_IOMAP_TYPE_INLINE &&
+      (io.offset % block_size_ != 0 || io.length % block_size_ != 0)) {
+    ok = Unexpected(kEfsCorrupted);
+    why = "INLINE mapping not block-aligned";
+  }
+  if (ok && real != (io.dev != abi::FUSE_IOMAP_DEV_NULL)) {
+    ok = Unexpected(kEfsCorrupted);
+    why = "backing device id does not match the type";
+  }
+  if (ok && io.offset >= max_bytes_ && max_bytes_ != 0) {
+    ok = Unexpected(kEfsCorrupted);
+    why = "offset past the maximum file size";
+  }
+  if (!ok) LOG_ERROR("iomap: refusing to send a bad mapping: %s", why.c_str());
+  return ok;
+}
+
+bool IomapHandler::Upsert(Ino ino, std::span<const iomap::Mapping> maps, ReplySink& sink) {
+  if (!options_.cache || maps.empty()) return false;
+  {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    size_t& sent = upserted_[ino.value()];
+    // §12.1: a fork over its limit is discarded whole by the next UPSERT. Start afresh instead,
+    // keeping the newest mappings.
+    if (sent + maps.size() > fork_limit_records_) {
+      sent = 0;
+      stats_.invals.fetch_add(1, std::memory_order_relaxed);
+      (void)SendNotify(
+          sink, wire::EncodeNotifyIomapInval(ino, abi::fuse_range{0, abi::FUSE_IOMAP_INVAL_TO_EOF},
+                                             abi::fuse_range{0, 0}));
+    }
+    sent += std::min(maps.size(), fork_limit_records_);
+  }
+  bool all = true;
+  size_t first = maps.size() > fork_limit_records_ ? maps.size() - fork_limit_records_ : 0;
+  for (size_t i = first; i < maps.size(); ++i) {
+    iomap::Mapping m = maps[i];
+    m.flags &= ~iomap::kFlagNew;  // "new" describes one allocation, not the cached extent
+    abi::fuse_iomap_io read = ToWire(m);
+    if (!Check(read, read.offset)) return false;
+    Result<void> r = SendNotify(
+        sink,
+        wire::EncodeNotifyIomapUpsert(ino, read, Placeholder(read, abi::FUSE_IOMAP_TYPE_NOCACHE)));
+    stats_.upserts.fetch_add(1, std::memory_order_relaxed);
+    if (!r) {
+      stats_.upsert_failures.fetch_add(1, std::memory_order_relaxed);
+      LOG_DEBUG("iomap: UPSERT for inode %llu refused: %s",
+                static_cast<unsigned long long>(ino.value()), strerror(r.error()));
+      all = false;
+    }
+  }
+  return all;
+}
+
+void IomapHandler::Inval(Ino ino, uint64_t offset, uint64_t length, ReplySink& sink) {
+  if (!options_.cache) return;
+  offset -= offset % block_size_;
+  {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    if (offset == 0 && length == abi::FUSE_IOMAP_INVAL_TO_EOF) upserted_.erase(ino.value());
+  }
+  stats_.invals.fetch_add(1, std::memory_order_relaxed);
+  abi::fuse_range range{offset, length};
+  Result<void> r = SendNotify(sink, wire::EncodeNotifyIomapInval(ino, range, range));
+  if (!r && r.error() != ESTALE) {
+    LOG_WARNING("iomap: INVAL for inode %llu failed: %s",
+                static_cast<unsigned long long>(ino.value()), strerror(r.error()));
+  }
+}
+
+void IomapHandler::RefreshBpf(Ino ino) {
+  std::lock_guard<std::mutex> lock(bpf_mu_);
+  if (bpf_ == nullptr) return;
+  const uint64_t nodeid = wire::NodeIdFromIno(ino);
+  auto maps = fs_.IomapFileMappings(ino, bpf::DispatcherOptions{}.budget.max_files);
+  if (maps) {
+    for (iomap::Mapping& m : *maps) {
+      if (m.type == iomap::MappingType::kMapped || m.type == iomap::MappingType::kUnwritten) {
+        m.addr += data_offset_;
+      }
+      m.flags &= ~iomap::kFlagNew;
+    }
+    auto file = bpf::BuildFileMap(nodeid, block_size_, backing_id(), *maps);
+    if (file && bpf_->dispatcher.Install(*file)) {
+      stats_.bpf_installs.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+  }
+  // No program (INLINE data, too large, an error): the file goes back to the cache/server path.
+  bpf_->dispatcher.Remove(nodeid);
+}
+
+Result<abi::fuse_iomap_begin_out> IomapHandler::Begin(const wire::Request& req,
+                                                      const wire::IomapBeginReq& r,
+                                                      ReplySink& sink) {
+  if (!enabled() || backing_id() == 0) return Unexpected(EIO);
+  if (shut_down_.load()) return Unexpected(EIO);
+  if (r.attr_ino != req.node) return Unexpected(EINVAL);
+  stats_.begins.fetch_add(1, std::memory_order_relaxed);
+  const Ino ino = req.node;
+  const uint32_t op = r.opflags;
+  const bool write_op = (op & kWriteOps) != 0;
+  std::lock_guard<std::mutex> inode_lock(InodeLock(ino));
+
+  std::vector<iomap::Mapping> maps;
+  bool allocated = false;
+  if (write_op) {
+    if ((op & abi::FUSE_IOMAP_OP_NOWAIT) != 0 || frozen_.load()) {
+      // Allocation blocks (metadata I/O, the lock): NOWAIT callers retry without it. A frozen
+      // filesystem takes no new allocations; existing storage is still handed out.
+      IOMAPFS_ASSIGN_OR_RETURN(iomap::Mapping m, fs_.IomapRead(ino, r.pos, 0));
+      if (m.type == iomap::MappingType::kHole && (op & abi::FUSE_IOMAP_OP_ZERO) == 0) {
+        return Unexpected(frozen_.load() ? EROFS : EAGAIN);
+      }
+    }
+    IOMAPFS_ASSIGN_OR_RETURN(maps, fs_.IomapWrite(ino, r.pos, r.count, op, &allocated));
+    if (allocated) stats_.allocations.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    IOMAPFS_ASSIGN_OR_RETURN(iomap::Mapping m, fs_.IomapRead(ino, r.pos, op));
+    maps.push_back(m);
+  }
+  if ((op & abi::FUSE_IOMAP_OP_ATOMIC) != 0) {
+    if (maps[0].type != iomap::MappingType::kMapped &&
+        maps[0].type != iomap::MappingType::kUnwritten) {
+      return Unexpected(EIO);
+    }
+    maps[0].flags |= iomap::kFlagAtomicBio;
+  }
+
+  abi::fuse_iomap_io read = ToWire(maps[0]);
+  if (Result<void> ok = Check(read, r.pos); !ok) {
+    stats_.rejected.fetch_add(1, std::memory_order_relaxed);
+    return Unexpected(ok.error());
+  }
+  if (allocated) RefreshBpf(ino);
+
+  // §12: cache what was looked up (not REPORT: FIEMAP would thrash the cache; not the ops that
+  // bypass it), then let the kernel take it from there.
+  const bool cacheable = (op & (abi::FUSE_IOMAP_OP_REPORT | kNoCacheOps)) == 0 &&
+                         read.type != abi::FUSE_IOMAP_TYPE_INLINE;
+  bool upserted = cacheable && Upsert(ino, maps, sink);
+  abi::fuse_iomap_begin_out out = wire::MakeIomapBeginOut(read, PureOverwrite(read));
+  if (upserted && options_.retry_cache) {
+    out.read = Placeholder(read, abi::FUSE_IOMAP_TYPE_RETRY_CACHE);
+    stats_.retry_cache.fetch_add(1, std::memory_order_relaxed);
+  }
+  switch (options_.fault) {
+    case IomapFault::kNone:
+      break;
+    case IomapFault::kMisaligned:
+      out.read = read;
+      out.read.offset += 512;
+      out.read.length -= std::min<uint64_t>(out.read.length, 512);
+      if (out.read.addr != abi::FUSE_IOMAP_NULL_ADDR) out.read.addr += 512;
+      break;
+    case IomapFault::kNotCovering:
+      out.read = read;
+      out.read.offset = read.offset + read.length;
+      if (out.read.addr != abi::FUSE_IOMAP_NULL_ADDR) out.read.addr += read.length;
+      break;
+  }
+  return out;
+}
+
+Result<void> IomapHandler::End(const wire::Request& req, const wire::IomapEndReq& r,
+                               ReplySink& sink) {
+  if (!enabled()) return Unexpected(ENOSYS);
+  if (r.attr_ino != req.node) return Unexpected(EINVAL);
+  // §14.4: a buffered write that extended the file raises the on-disk size.
+  const bool buffered_write =
+      (r.opflags & abi::FUSE_IOMAP_OP_WRITE) != 0 && (r.opflags & abi::FUSE_IOMAP_OP_DIRECT) == 0;
+  if (!buffered_write || (r.map.flags & abi::FUSE_IOMAP_F_SIZE_CHANGED) == 0 || r.written <= 0) {
+    return {};
+  }
+  std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
+  IOMAPFS_TRY(fs_.IomapRaiseSize(req.node, r.pos + static_cast<uint64_t>(r.written)));
+  RefreshBpf(req.node);
+  (void)sink;
+  return {};
+}
+
+Result<abi::fuse_iomap_ioend_out> IomapHandler::Ioend(const wire::Request& req,
+                                                      const wire::IomapIoendReq& r,
+                                                      ReplySink& sink) {
+  if (!enabled()) return Unexpected(ENOSYS);
+  if (r.attr_ino != req.node) return Unexpected(EINVAL);
+  stats_.ioends.fetch_add(1, std::memory_order_relaxed);
+  // §6.4: a failed I/O changes nothing: unwritten extents stay unwritten (they read as zeros)
+  // and new blocks of indirect files were zeroed when they were allocated.
+  if (r.error != 0) return Unexpected(r.error < 0 ? -r.error : EIO);
+  if ((r.flags & abi::FUSE_IOMAP_IOEND_SHARED) != 0) return Unexpected(kEfsCorrupted);
+  std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
+  const bool convert = (r.flags & abi::FUSE_IOMAP_IOEND_UNWRITTEN) != 0;
+  IOMAPFS_ASSIGN_OR_RETURN(uint64_t size, fs_.IomapIoend(req.node, r.pos, r.written, convert));
+  if (convert || (r.flags & abi::FUSE_IOMAP_IOEND_APPEND) != 0) RefreshBpf(req.node);
+  (void)sink;
+  return wire::MakeIomapIoendOut(size);
+}
+
+void IomapHandler::Opened(const wire::Request& req, ReplySink& sink) {
+  if (!enabled() || backing_id() == 0) return;
+  std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
+  {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    if (upserted_.count(req.node.value()) != 0) {
+      RefreshBpf(req.node);
+      return;  // already pushed; the kernel keeps its cache across opens (§12.1)
+    }
+  }
+  size_t limit = std::min(options_.open_upsert_limit, fork_limit_records_);
+  auto maps = fs_.IomapFileMappings(req.node, limit);
+  if (maps) {
+    std::vector<iomap::Mapping> cacheable;
+    for (const iomap::Mapping& m : *maps) {
+      if (m.type != iomap::MappingType::kInline) cacheable.push_back(m);
+    }
+    Upsert(req.node, cacheable, sink);
+  }
+  RefreshBpf(req.node);
+}
+
+void IomapHandler::AfterRequest(const wire::Request& req, bool ok, ReplySink& sink) {
+  if (!enabled()) return;
+  auto drop_bpf = [&](Ino ino) {
+    std::lock_guard<std::mutex> lock(bpf_mu_);
+    if (bpf_ != nullptr) bpf_->dispatcher.Remove(wire::NodeIdFromIno(ino));
+  };
+  auto forget = [&](Ino ino) {
+    drop_bpf(ino);
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    upserted_.erase(ino.value());
+  };
+  if (const auto* f = std::get_if<wire::ForgetReq>(&req.body)) {
+    (void)f;
+    forget(req.node);
+    return;
+  }
+  if (const auto* b = std::get_if<wire::BatchForgetReq>(&req.body)) {
+    for (const auto& one : b->forgets) forget(one.ino);
+    return;
+  }
+  if (!ok) return;
+  // The layout changed: drop what the kernel may have cached (§12.5 says the kernel drops the
+  // same ranges itself; being explicit keeps a kernel without that logic correct) and replace
+  // the BPF program before the reply releases the caller.
+  if (const auto* s = std::get_if<wire::SetattrReq>(&req.body)) {
+    if ((s->in.valid & abi::FATTR_SIZE) == 0) return;
+    std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
+    Inval(req.node, s->in.size, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+    RefreshBpf(req.node);
+  } else if (const auto* fa = std::get_if<wire::FallocateReq>(&req.body)) {
+    std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
+    Inval(req.node, fa->offset, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+    RefreshBpf(req.node);
+  } else if (const auto* c = std::get_if<wire::CopyFileRangeReq>(&req.body)) {
+    std::lock_guard<std::mutex> inode_lock(InodeLock(c->node_out));
+    Inval(c->node_out, c->off_out, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+    RefreshBpf(c->node_out);
+  }
+}
+
+Result<void> IomapHandler::Freeze() {
+  if (!enabled()) return Unexpected(ENOSYS);
+  IOMAPFS_TRY(fs_.IomapSync());
+  frozen_.store(true);
+  return {};
+}
+
+Result<void> IomapHandler::Unfreeze() {
+  frozen_.store(false);
+  return {};
+}
+
+Result<void> IomapHandler::Shutdown() {
+  shut_down_.store(true);
+  return {};
+}
+
+void IomapHandler::Destroy(ReplySink& sink) {
+  if (!enabled()) return;
+  std::lock_guard<std::mutex> lock(bpf_mu_);
+  if (bpf_ != nullptr) {
+    if (KernelControl* control = sink.control()) (void)control->AttachBpf(-1);
+    bpf_.reset();
+  }
+}
+
+}  // namespace iomapfs::dispatch

@@ -1,0 +1,49 @@
+// KernelControl: the out-of-band paths from the server to the kernel side of a connection,
+// which are not replies: notifications (write(2) of an unsolicited message on /dev/fuse, whose
+// return value is the kernel handler's error) and the /dev/fuse device ioctls that register
+// backing devices (spec/fuse-iomap-protocol.md §11) and attach BPF programs (§13.2).
+//
+// The transport implements it: FuseDevChannel with write(2) and ioctl(2) on the /dev/fuse fd,
+// SocketChannel (the kernel model) with synchronous messages on its control socket. A ReplySink
+// hands out the KernelControl of the connection a request came from (ReplySink::control()).
+//
+// Thread-safety: every method may be called from any worker thread; implementations serialize
+// internally. Calls are synchronous: when one returns, the kernel side has processed it.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <span>
+
+#include "base/result.h"
+
+namespace iomapfs::dispatch {
+
+class KernelControl {
+ public:
+  virtual ~KernelControl() = default;
+
+  // Sends one notification (fuse_out_header with unique 0 and error = the notify code, then the
+  // body) and waits for the kernel to process it.
+  // Errors: whatever the kernel's notify handler returns (EINVAL malformed or refused, ESTALE
+  // uncached inode, EFSCORRUPTED invalid mapping, ENOMEM, ...); ENODEV the connection is gone.
+  virtual Result<void> Notify(std::span<const iovec> iov) = 0;
+
+  // FUSE_DEV_IOC_BACKING_OPEN with a fuse_backing_map {fd, flags}. The kernel takes its own
+  // reference to the file; the caller may close `fd` afterwards.
+  // Returns: the backing id (> 0). Errors: EPERM (iomap not enabled yet), ENODEV (not a block
+  // device), EINVAL (bad flags), EBADF, ENOTTY (no such ioctl: not an iomap kernel).
+  virtual Result<uint32_t> BackingOpen(int fd, uint32_t flags) = 0;
+
+  // FUSE_DEV_IOC_BACKING_CLOSE. Errors: EBUSY (v7 refuses for iomap devices), ENOENT.
+  virtual Result<void> BackingClose(uint32_t backing_id) = 0;
+
+  // Attaches the per-connection iomap BPF program `prog_fd` (spec §13.2: one program set per
+  // connection), replacing any attached before; prog_fd < 0 detaches.
+  // Errors: EOPNOTSUPP (the transport has no BPF hook: every real kernel without the
+  // fuse-iomap-bpf branch), EBUSY, EBADF.
+  virtual Result<void> AttachBpf(int prog_fd) = 0;
+};
+
+}  // namespace iomapfs::dispatch
