@@ -80,7 +80,10 @@ class WriteImageTest : public ::testing::TestWithParam<Config> {
 
 TEST_P(WriteImageTest, RandomOperationsMatchTheModel) {
   const Config& c = GetParam();
-  for (uint64_t seed : {1, 2}) {
+  // IOMAPFS_WRITE_SEEDS=N runs seeds 1..N (a soak run); the default keeps the unit label fast.
+  uint64_t seeds =
+      getenv("IOMAPFS_WRITE_SEEDS") != nullptr ? atoi(getenv("IOMAPFS_WRITE_SEEDS")) : 3;
+  for (uint64_t seed = 1; seed <= seeds; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     WriteModel m(image_);
     ASSERT_TRUE(m.fs().fs);
@@ -89,7 +92,7 @@ TEST_P(WriteImageTest, RandomOperationsMatchTheModel) {
       m.set_verify_every(atoi(getenv("IOMAPFS_VERIFY_EVERY")));
     }
     m.VerifyAll();
-    m.RandomOps(150, 4 * kMiB, seed, c.extents);
+    m.RandomOps(300, 4 * kMiB, seed, c.extents);
     if (HasFatalFailure()) return;
     m.VerifyAll();
     ASSERT_EQ(RawState(image_) & EXT2_VALID_FS, 0) << "not clean while open read-write";
