@@ -136,6 +136,140 @@ std::vector<std::byte> AclToXattr(const Acl& acl) {
   return out;
 }
 
+std::vector<std::byte> AclToDisk(const Acl& acl) {
+  std::vector<std::byte> out;
+  out.reserve(4 + 8 * acl.size());
+  StoreLe<uint32_t>(out, kExt4AclVersion);
+  for (const AclEntry& e : acl) {
+    StoreLe<uint16_t>(out, e.tag);
+    StoreLe<uint16_t>(out, e.perm);
+    if (e.tag == kAclUser || e.tag == kAclGroup) StoreLe<uint32_t>(out, e.id);
+  }
+  return out;
+}
+
+Result<Acl> AclFromXattr(std::span<const std::byte> value) {
+  if (value.size() < 4) return Unexpected(EINVAL);
+  if (LoadLe<uint32_t>(value.data()) != kXattrAclVersion) return Unexpected(EOPNOTSUPP);
+  if ((value.size() - 4) % 8 != 0) return Unexpected(EINVAL);
+  Acl acl;
+  for (size_t off = 4; off < value.size(); off += 8) {
+    AclEntry e;
+    e.tag = LoadLe<uint16_t>(value.data() + off);
+    e.perm = LoadLe<uint16_t>(value.data() + off + 2);
+    e.id = LoadLe<uint32_t>(value.data() + off + 4);
+    if (e.tag != kAclUser && e.tag != kAclGroup) e.id = kAclUndefinedId;
+    acl.push_back(e);
+  }
+  if (acl.empty()) return acl;
+  // posix_acl_valid(): entries in tag order, the mask present when named entries are.
+  enum { kUserObj, kUser, kGroup, kOther, kDone } state = kUserObj;
+  bool needs_mask = false;
+  for (const AclEntry& e : acl) {
+    if ((e.perm & ~7u) != 0) return Unexpected(EINVAL);
+    switch (e.tag) {
+      case kAclUserObj:
+        if (state != kUserObj) return Unexpected(EINVAL);
+        state = kUser;
+        break;
+      case kAclUser:
+        if (state != kUser || e.id == kAclUndefinedId) return Unexpected(EINVAL);
+        needs_mask = true;
+        break;
+      case kAclGroupObj:
+        if (state != kUser) return Unexpected(EINVAL);
+        state = kGroup;
+        break;
+      case kAclGroup:
+        if (state != kGroup || e.id == kAclUndefinedId) return Unexpected(EINVAL);
+        needs_mask = true;
+        break;
+      case kAclMask:
+        if (state != kGroup) return Unexpected(EINVAL);
+        state = kOther;
+        break;
+      case kAclOther:
+        if (state == kOther || (state == kGroup && !needs_mask)) {
+          state = kDone;
+          break;
+        }
+        return Unexpected(EINVAL);
+      default:
+        return Unexpected(EINVAL);
+    }
+  }
+  if (state != kDone) return Unexpected(EINVAL);
+  return acl;
+}
+
+bool AclEquivMode(const Acl& acl, uint32_t* mode) {
+  uint32_t m = 0;
+  bool not_equiv = false;
+  for (const AclEntry& e : acl) {
+    switch (e.tag) {
+      case kAclUserObj:
+        m |= (e.perm & 7u) << 6;
+        break;
+      case kAclGroupObj:
+        m |= (e.perm & 7u) << 3;
+        break;
+      case kAclOther:
+        m |= e.perm & 7u;
+        break;
+      case kAclMask:
+        m = (m & ~0070u) | ((e.perm & 7u) << 3);
+        not_equiv = true;
+        break;
+      default:
+        not_equiv = true;
+        break;
+    }
+  }
+  *mode = (*mode & ~0777u) | m;
+  return !not_equiv;
+}
+
+bool AclCreateMasq(Acl* acl, uint32_t* mode_p) {
+  uint32_t mode = *mode_p;
+  AclEntry* group_obj = nullptr;
+  AclEntry* mask_obj = nullptr;
+  bool not_equiv = false;
+  for (AclEntry& e : *acl) {
+    switch (e.tag) {
+      case kAclUserObj:
+        e.perm &= (mode >> 6) | ~7u;
+        mode &= (e.perm << 6) | ~0700u;
+        break;
+      case kAclUser:
+      case kAclGroup:
+        not_equiv = true;
+        break;
+      case kAclGroupObj:
+        group_obj = &e;
+        break;
+      case kAclOther:
+        e.perm &= mode | ~7u;
+        mode &= e.perm | ~7u;
+        break;
+      case kAclMask:
+        mask_obj = &e;
+        not_equiv = true;
+        break;
+      default:
+        break;
+    }
+  }
+  if (mask_obj != nullptr) {
+    mask_obj->perm &= (mode >> 3) | ~7u;
+    mode &= (mask_obj->perm << 3) | ~0070u;
+  } else if (group_obj != nullptr) {
+    group_obj->perm &= (mode >> 3) | ~7u;
+    mode &= (group_obj->perm << 3) | ~0070u;
+  }
+  *mode_p = (*mode_p & ~0777u) | (mode & 0777u);
+  return not_equiv;
+}
+
 Result<void> CheckPermission(const Ownership& owner, const Acl* acl, int mask, const Caller& caller,
                              bool fakeroot) {
   mask &= kMayRead | kMayWrite | kMayExec;

@@ -41,6 +41,23 @@ Result<Acl> AclFromDisk(std::span<const std::byte> value);
 // conversion writes 0 there, which differs from the kernel).
 std::vector<std::byte> AclToXattr(const Acl& acl);
 
+// Serializes `acl` in ext4's on-disk format (ext4_acl_to_disk).
+std::vector<std::byte> AclToDisk(const Acl& acl);
+
+// Parses the posix_acl_xattr format setxattr(2) hands over (posix_acl_from_xattr) and validates
+// it (posix_acl_valid). Returns: the ACL, empty for a header without entries (no ACL).
+// Errors: EOPNOTSUPP (not version 2), EINVAL (bad size, order, tag or permission bits).
+Result<Acl> AclFromXattr(std::span<const std::byte> value);
+
+// posix_acl_equiv_mode(): folds `acl` into the permission bits of *mode.
+// Returns: true if the ACL says no more than the mode bits (it need not be stored).
+bool AclEquivMode(const Acl& acl, uint32_t* mode);
+
+// posix_acl_create_masq(): masks a directory's default ACL (copied into *acl) by the new
+// inode's requested *mode and the mode by the ACL.
+// Returns: true if the resulting access ACL says more than the mode (it must be stored).
+bool AclCreateMasq(Acl* acl, uint32_t* mode);
+
 // Who owns the inode and its mode, for permission checks.
 struct Ownership {
   uint32_t mode = 0;

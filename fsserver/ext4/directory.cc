@@ -190,7 +190,10 @@ Result<DxOutcome> DxFind(ext2_filsys fs, Ino dir, InodeBuf& inode, std::string_v
     const DxFrame& bottom = frames[levels];
     IOMAPFS_TRY(ReadDirBlock(fs, dir, inode, bottom.Block(bottom.at), leaf.data()));
     IOMAPFS_ASSIGN_OR_RETURN(std::optional<DirHit> hit, ScanBlock(fs, leaf.data(), name, charset));
-    if (hit) return DxOutcome{DxStatus::kFound, *hit};
+    if (hit) {
+      hit->lblk = bottom.Block(bottom.at);
+      return DxOutcome{DxStatus::kFound, *hit};
+    }
     if (++visited > max_visits) return Unexpected(kEfsCorrupted);  // a cycle in the tree
     // ext4_htree_next_block(): advance the deepest frame that has entries left.
     int level = levels;
@@ -211,7 +214,9 @@ Result<std::optional<DirHit>> FindDots(ext2_filsys fs, Ino dir, InodeBuf& inode,
                                        std::string_view name) {
   std::vector<char> buf(fs->blocksize);
   IOMAPFS_TRY(ReadDirBlock(fs, dir, inode, 0, buf.data()));
-  return ScanBlock(fs, buf.data(), name, nullptr);
+  IOMAPFS_ASSIGN_OR_RETURN(std::optional<DirHit> hit, ScanBlock(fs, buf.data(), name, nullptr));
+  if (hit) hit->lblk = 0;
+  return hit;
 }
 
 struct IterateState {
@@ -364,7 +369,22 @@ Result<std::shared_ptr<const DirIndex::NameIndex>> DirIndex::GetOrBuild(const ex
   return std::shared_ptr<const NameIndex>(std::move(index));
 }
 
-void DirIndex::Insert(Ino dir, std::shared_ptr<const NameIndex> index) {
+void DirIndex::NoteAdded(const ext2::Guard& /*g*/, Ino dir, std::string_view name,
+                         const DirHit& hit) {
+  auto it = slots_.find(dir);
+  if (it == slots_.end()) return;
+  DirHit h = hit;
+  h.lblk = -1;
+  if (it->second.index->names.insert_or_assign(std::string(name), h).second) ++cached_names_;
+}
+
+void DirIndex::NoteRemoved(const ext2::Guard& /*g*/, Ino dir, std::string_view name) {
+  auto it = slots_.find(dir);
+  if (it == slots_.end()) return;
+  if (it->second.index->names.erase(std::string(name)) > 0) --cached_names_;
+}
+
+void DirIndex::Insert(Ino dir, std::shared_ptr<NameIndex> index) {
   size_t n = index->names.size();
   while (!slots_.empty() &&
          (slots_.size() >= limits_.max_dirs || cached_names_ + n > limits_.max_names)) {

@@ -43,6 +43,9 @@ inline constexpr size_t kMaxNameLen = 255;  // EXT4_NAME_LEN
 struct DirHit {
   Ino ino;
   uint8_t file_type = 0;  // EXT2_FT_* from the dirent (0 without the filetype feature)
+  // The logical directory block holding the entry when the lookup knows it (htree walks and
+  // "." / ".."), else -1.
+  int64_t lblk = -1;
 };
 
 // DT_* for a dirent's EXT2_FT_* value; DT_UNKNOWN without the filetype feature (get_dtype()).
@@ -88,19 +91,24 @@ class DirIndex {
   // REQUIRES: g holds the metadata lock.
   void Invalidate(const ext2::Guard& g, Ino dir);
 
+  // Keep a cached index of `dir` in step with an entry added, removed or retargeted on disk
+  // (no-ops when `dir` has no cached index). REQUIRES: g holds the metadata lock.
+  void NoteAdded(const ext2::Guard& g, Ino dir, std::string_view name, const DirHit& hit);
+  void NoteRemoved(const ext2::Guard& g, Ino dir, std::string_view name);
+
   // REQUIRES: g holds the metadata lock.
   Stats stats(const ext2::Guard& g) const;
 
  private:
   struct NameIndex;
   struct Slot {
-    std::shared_ptr<const NameIndex> index;
+    std::shared_ptr<NameIndex> index;
     std::list<Ino>::iterator lru_pos;
   };
 
   Result<std::shared_ptr<const NameIndex>> GetOrBuild(const ext2::Guard& g, Ino dir,
                                                       const InodeBuf& inode);
-  void Insert(Ino dir, std::shared_ptr<const NameIndex> index);
+  void Insert(Ino dir, std::shared_ptr<NameIndex> index);
   void EvictOne();
 
   Limits limits_;

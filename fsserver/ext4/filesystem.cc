@@ -11,6 +11,7 @@
 
 #include "fsserver/ext4/acl.h"
 #include "fsserver/ext4/directory.h"
+#include "fsserver/ext4/fs_impl.h"
 #include "fsserver/ext4/inode.h"
 #include "fsserver/ext4/statfs.h"
 #include "fsserver/ext4/xattr.h"
@@ -18,12 +19,6 @@
 
 namespace iomapfs::ext4 {
 namespace {
-
-// A directory listing taken at OPENDIR; ReadDir cookies are positions in it.
-struct DirSnapshot {
-  Ino dir;
-  std::vector<DirEntry> entries;
-};
 
 // ext4_valid_inum(): what a directory entry may point at.
 bool ValidDirentIno(ext2_filsys fs, Ino ino) {
@@ -38,36 +33,6 @@ struct PendingRead {
 };
 
 }  // namespace
-
-struct Filesystem::Impl {
-  Impl(std::unique_ptr<ext2::Ext2Fs> f, const Options& o)
-      : fs(std::move(f)), options(o), engine(std::make_unique<iomap::Engine>(*fs)) {}
-
-  // Counts `n` kernel references on `ino`.
-  void Ref(Ino ino, uint64_t n = 1) {
-    std::lock_guard<std::mutex> lock(refs_mu);
-    refs[ino] += n;
-  }
-
-  Result<Attr> GetAttrLocked(const ext2::Guard& g, Ino ino) {
-    IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadInode(g, ino));
-    return AttrFromInode(g.fs(), ino, inode);
-  }
-
-  std::unique_ptr<ext2::Ext2Fs> fs;
-  const Options options;
-  // Guarded by the metadata lock (the Guard of fs). Declared after fs: destroyed first.
-  std::unique_ptr<iomap::Engine> engine;
-  DirIndex dirs;  // guarded by the metadata lock
-
-  // Lock order: refs_mu and handles_mu are leaves; neither is held while taking the other or the
-  // metadata lock.
-  std::mutex refs_mu;
-  std::unordered_map<Ino, uint64_t> refs;  // kernel lookup references, guarded by refs_mu
-  std::mutex handles_mu;
-  std::unordered_map<uint64_t, std::shared_ptr<const DirSnapshot>> dir_handles;  // handles_mu
-  std::atomic<uint64_t> next_fh{1};
-};
 
 Filesystem::Filesystem(std::unique_ptr<ext2::Ext2Fs> fs, const Options& options)
     : impl_(std::make_unique<Impl>(std::move(fs), options)) {}
@@ -113,6 +78,10 @@ void Filesystem::Forget(Ino ino, uint64_t nlookup) {
   ext2::Guard g = impl_->fs->Lock();
   impl_->engine->Invalidate(g, ino);
   impl_->dirs.Invalidate(g, ino);
+  // An unlinked inode the kernel no longer references is freed now (ext4_evict_inode).
+  if (impl_->orphans.count(ino.value()) != 0) {
+    (void)impl_->Check(g, impl_->ReleaseOrphan(g, ino), ino, "Forget");
+  }
 }
 
 Result<Attr> Filesystem::GetAttr(Ino ino) {
@@ -127,7 +96,7 @@ Result<std::string> Filesystem::ReadLink(Ino ino) {
   size_t len = 0;
   {
     ext2::Guard g = impl_->fs->Lock();
-    IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadInode(g, ino));
+    IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, impl_->ReadLive(g, ino));
     if (!inode.is_symlink()) return Unexpected(EINVAL);
     if ((inode.flags() & kFlagEncrypt) != 0) return Unexpected(EOPNOTSUPP);
     uint64_t size = InodeSize(g.fs(), inode);
@@ -136,7 +105,10 @@ Result<std::string> Filesystem::ReadLink(Ino ino) {
     len = static_cast<size_t>(std::min<uint64_t>(size, bs - 1));
     if ((inode.flags() & kFlagInlineData) != 0) {
       std::vector<std::byte> buf(len);
-      IOMAPFS_ASSIGN_OR_RETURN(size_t n, impl_->engine->ReadInline(g, ino, 0, buf));
+      auto inl =
+          impl_->WithEngineView(g, ino, [&] { return impl_->engine->ReadInline(g, ino, 0, buf); });
+      if (!inl) return Unexpected(inl.error());
+      size_t n = *inl;
       std::string target(reinterpret_cast<const char*>(buf.data()), n);
       return target.substr(0, strnlen(target.c_str(), n));
     }
@@ -146,7 +118,10 @@ Result<std::string> Filesystem::ReadLink(Ino ino) {
       return std::string(p, strnlen(p, len));
     }
     if (len == 0) return std::string();
-    IOMAPFS_ASSIGN_OR_RETURN(iomap::Mapping m, impl_->engine->Map(g, ino, 0, len, 0));
+    auto mapped =
+        impl_->WithEngineView(g, ino, [&] { return impl_->engine->Map(g, ino, 0, len, 0); });
+    if (!mapped) return Unexpected(mapped.error());
+    iomap::Mapping m = *mapped;
     if (m.type == iomap::MappingType::kUnwritten) return std::string();
     if (m.type != iomap::MappingType::kMapped) return Unexpected(kEfsCorrupted);  // "bad symlink"
     addr = m.addr;
@@ -162,7 +137,7 @@ Result<FileHandle> Filesystem::OpenDir(Ino ino) {
   snap->dir = ino;
   {
     ext2::Guard g = impl_->fs->Lock();
-    IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadInode(g, ino));
+    IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, impl_->ReadLive(g, ino));
     if (!inode.is_dir()) return Unexpected(ENOTDIR);
     IOMAPFS_ASSIGN_OR_RETURN(snap->entries, ListDirectory(g, ino, inode));
   }
@@ -205,7 +180,7 @@ Result<FileHandle> Filesystem::Open(Ino ino, int flags) {
   bool write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0;
   {
     ext2::Guard g = impl_->fs->Lock();
-    IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadInode(g, ino));
+    IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, impl_->ReadLive(g, ino));
     if (inode.is_dir() && write) return Unexpected(EISDIR);
   }
   if (write && read_only()) return Unexpected(EROFS);
@@ -220,13 +195,15 @@ Result<size_t> Filesystem::Read(Ino ino, uint64_t offset, std::span<std::byte> b
   size_t len = 0;
   {
     ext2::Guard g = impl_->fs->Lock();
-    IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadInode(g, ino));
+    IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, impl_->ReadLive(g, ino));
     if (inode.is_dir()) return Unexpected(EISDIR);
     uint64_t size = InodeSize(g.fs(), inode);
     if (offset >= size) return size_t{0};
     len = static_cast<size_t>(std::min<uint64_t>(buf.size(), size - offset));
-    IOMAPFS_ASSIGN_OR_RETURN(std::vector<iomap::Mapping> maps,
-                             impl_->engine->MapRange(g, ino, offset, len, 0));
+    auto ranged = impl_->WithEngineView(
+        g, ino, [&] { return impl_->engine->MapRange(g, ino, offset, len, 0); });
+    if (!ranged) return Unexpected(ranged.error());
+    std::vector<iomap::Mapping> maps = std::move(*ranged);
     const uint64_t end = offset + len;
     for (const iomap::Mapping& m : maps) {
       uint64_t start = std::max(m.offset, offset);
@@ -238,7 +215,10 @@ Result<size_t> Filesystem::Read(Ino ino, uint64_t offset, std::span<std::byte> b
           reads.push_back(PendingRead{dst, m.addr + (start - m.offset)});
           break;
         case iomap::MappingType::kInline: {
-          IOMAPFS_ASSIGN_OR_RETURN(size_t n, impl_->engine->ReadInline(g, ino, start, dst));
+          auto inl = impl_->WithEngineView(
+              g, ino, [&] { return impl_->engine->ReadInline(g, ino, start, dst); });
+          if (!inl) return Unexpected(inl.error());
+          size_t n = *inl;
           std::memset(dst.data() + n, 0, dst.size() - n);
           break;
         }
@@ -255,7 +235,7 @@ Result<size_t> Filesystem::Read(Ino ino, uint64_t offset, std::span<std::byte> b
 
 Result<uint64_t> Filesystem::Lseek(Ino ino, uint64_t offset, int whence) {
   ext2::Guard g = impl_->fs->Lock();
-  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadInode(g, ino));
+  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, impl_->ReadLive(g, ino));
   if (!inode.is_reg()) return Unexpected(EINVAL);
   const uint64_t size = InodeSize(g.fs(), inode);
   switch (whence) {
@@ -275,8 +255,10 @@ Result<uint64_t> Filesystem::Lseek(Ino ino, uint64_t offset, int whence) {
   if (offset >= size) return Unexpected(ENXIO);
   uint64_t pos = offset;
   while (pos < size) {
-    IOMAPFS_ASSIGN_OR_RETURN(iomap::Mapping m,
-                             impl_->engine->Map(g, ino, pos, size - pos, iomap::kOpReport));
+    auto mapped = impl_->WithEngineView(
+        g, ino, [&] { return impl_->engine->Map(g, ino, pos, size - pos, iomap::kOpReport); });
+    if (!mapped) return Unexpected(mapped.error());
+    iomap::Mapping m = *mapped;
     // iomap_seek_data/hole: without dirty page cache an unwritten extent reads as a hole.
     bool data = m.type == iomap::MappingType::kMapped || m.type == iomap::MappingType::kInline ||
                 m.type == iomap::MappingType::kDelalloc;
@@ -295,13 +277,13 @@ Result<ext4::StatFs> Filesystem::StatFs() {
 
 Result<std::vector<std::byte>> Filesystem::GetXattr(Ino ino, std::string_view name) {
   ext2::Guard g = impl_->fs->Lock();
-  IOMAPFS_TRY(ReadInode(g, ino));
+  IOMAPFS_TRY(impl_->ReadLive(g, ino));
   return ReadXattr(g, ino, name);
 }
 
 Result<std::vector<std::string>> Filesystem::ListXattr(Ino ino) {
   ext2::Guard g = impl_->fs->Lock();
-  IOMAPFS_TRY(ReadInode(g, ino));
+  IOMAPFS_TRY(impl_->ReadLive(g, ino));
   return ListXattrNames(g, ino);
 }
 
@@ -312,7 +294,7 @@ Result<void> Filesystem::Access(Ino ino, int mask, const Caller& caller) {
     who.gid = 0;
   }
   ext2::Guard g = impl_->fs->Lock();
-  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadInode(g, ino));
+  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, impl_->ReadLive(g, ino));
   Ownership owner{inode.mode(), inode_uid(inode.raw), inode_gid(inode.raw)};
   if ((mask & W_OK) != 0) {
     // inode_permission(): read-only filesystem for files, dirs and links; then immutable.
@@ -339,7 +321,19 @@ Result<void> Filesystem::Close() {
     std::lock_guard<std::mutex> lock(impl_->handles_mu);
     impl_->dir_handles.clear();
   }
-  return impl_->fs->Close();
+  Result<void> first;
+  if (!read_only()) {
+    // Every orphan dies with the mount, as at kernel ext4's unmount.
+    ext2::Guard g = impl_->fs->Lock();
+    std::vector<uint64_t> orphans(impl_->orphans.begin(), impl_->orphans.end());
+    for (uint64_t n : orphans) {
+      auto r = impl_->ReleaseOrphan(g, Ino(n));
+      if (!r && first) first = r;
+    }
+  }
+  auto closed = impl_->fs->Close();
+  if (!first) return first;
+  return closed;
 }
 
 }  // namespace iomapfs::ext4

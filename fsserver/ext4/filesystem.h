@@ -209,8 +209,9 @@ class Filesystem {
   // (converted to ext4's on-disk format); setting an access ACL also updates the mode bits.
   // Errors: EEXIST (CREATE), ENODATA (REPLACE or remove of a missing name), ENOSPC (no room in
   // the inode and EA block), ERANGE (name or value too large), EOPNOTSUPP (namespace), EINVAL.
-  Result<void> SetXattr(Ino ino, std::string_view name, std::span<const std::byte> value,
-                        int flags);
+  // `acl_kill_sgid` (FUSE_SETXATTR_ACL_KILL_SGID): setting an access ACL also clears S_ISGID.
+  Result<void> SetXattr(Ino ino, std::string_view name, std::span<const std::byte> value, int flags,
+                        bool acl_kill_sgid = false);
   Result<void> RemoveXattr(Ino ino, std::string_view name);
 
   // Writes data at `offset` (append: at i_size, atomically with respect to other writes of the
@@ -276,7 +277,13 @@ class Filesystem {
  private:
   ext2::Ext2Fs& ext2fs();
   iomap::Engine& engine();
+
+ public:
+  // The implementation's state; internal to fsserver/ext4 (fs_impl.h), public only so that the
+  // module's files can share helpers over it.
   struct Impl;
+
+ private:
   std::unique_ptr<Impl> impl_;
 };
 

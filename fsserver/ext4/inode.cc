@@ -20,7 +20,7 @@ constexpr uint32_t kEpochMask = (1u << kEpochBits) - 1;
 
 }  // namespace
 
-Result<InodeBuf> ReadInode(const ext2::Guard& g, Ino ino) {
+Result<InodeBuf> ReadInode(const ext2::Guard& g, Ino ino, bool allow_unlinked) {
   ext2_filsys fs = g.fs();
   if (ino.value() == 0 || ino.value() > fs->super->s_inodes_count) return Unexpected(ENOENT);
   InodeBuf buf;
@@ -31,7 +31,8 @@ Result<InodeBuf> ReadInode(const ext2::Guard& g, Ino ino) {
   if (err != 0) return Unexpected(ext2::ErrnoFromErrcode(err));
   // Same rule as the iomap engine: an unlinked-but-open (orphan) inode keeps its mode and has no
   // dtime until it is freed.
-  if (buf.raw.i_mode == 0 || (buf.raw.i_links_count == 0 && buf.raw.i_dtime != 0)) {
+  if (buf.raw.i_mode == 0 ||
+      (!allow_unlinked && buf.raw.i_links_count == 0 && buf.raw.i_dtime != 0)) {
     return Unexpected(ENOENT);
   }
   if (buf.inode_size > EXT2_GOOD_OLD_INODE_SIZE) {

@@ -51,11 +51,12 @@ struct InodeBuf {
   bool Fits(size_t end) const { return end <= EXT2_GOOD_OLD_INODE_SIZE + extra_isize; }
 };
 
-// Reads inode `ino`.
+// Reads inode `ino`. `allow_unlinked`: also return an inode with no links and a dtime (an
+// orphan this server keeps alive: on ext4's orphan list i_dtime holds the next orphan).
 // REQUIRES: g holds the metadata lock.
 // Errors: ENOENT (number out of range, or an unused inode: no mode, or unlinked with a dtime),
 //         EUCLEAN (bad checksum, bad i_extra_isize), EIO.
-Result<InodeBuf> ReadInode(const ext2::Guard& g, Ino ino);
+Result<InodeBuf> ReadInode(const ext2::Guard& g, Ino ino, bool allow_unlinked = false);
 
 // i_size as ext4_isize() reads it: the high 32 bits count for regular files, and for every inode
 // when the filesystem has the largedir feature.

@@ -79,10 +79,36 @@ Result<std::vector<std::string>> ListXattrNames(const ext2::Guard& g, Ino ino) {
 }
 
 Result<std::optional<Acl>> ReadAccessAcl(const ext2::Guard& g, Ino ino) {
+  return ReadAcl(g, ino, kAclAccessName);
+}
+
+Result<void> WriteXattrRaw(const ext2::Guard& g, Ino ino, std::string_view name,
+                           const std::vector<std::byte>* value) {
+  auto h = OpenRaw(g.fs(), ino);
+  if (!h) return Unexpected(h.error() == ENODATA ? EOPNOTSUPP : h.error());
+  std::string key(name);
+  errcode_t err = value != nullptr
+                      ? ext2fs_xattr_set(h->get(), key.c_str(), value->data(), value->size())
+                      : ext2fs_xattr_remove(h->get(), key.c_str());
+  if (err != 0) return Unexpected(ext2::ErrnoFromErrcode(err));
+  return {};
+}
+
+Result<bool> HasXattr(const ext2::Guard& g, Ino ino, std::string_view name) {
+  auto h = OpenRaw(g.fs(), ino);
+  if (!h && h.error() == ENODATA) return false;
+  if (!h) return Unexpected(h.error());
+  auto value = GetRaw(h->get(), name);
+  if (!value && value.error() == ENODATA) return false;
+  if (!value) return Unexpected(value.error());
+  return true;
+}
+
+Result<std::optional<Acl>> ReadAcl(const ext2::Guard& g, Ino ino, std::string_view name) {
   auto h = OpenRaw(g.fs(), ino);
   if (!h && h.error() == ENODATA) return std::optional<Acl>();
   if (!h) return Unexpected(h.error());
-  auto value = GetRaw(h->get(), kAclAccessName);
+  auto value = GetRaw(h->get(), name);
   if (!value && value.error() == ENODATA) return std::optional<Acl>();
   if (!value) return Unexpected(value.error());
   IOMAPFS_ASSIGN_OR_RETURN(Acl acl, AclFromDisk(*value));

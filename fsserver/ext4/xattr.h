@@ -38,6 +38,21 @@ Result<std::vector<std::byte>> ReadXattr(const ext2::Guard& g, Ino ino, std::str
 // REQUIRES: g holds the metadata lock. Errors: EUCLEAN, EIO.
 Result<std::vector<std::string>> ListXattrNames(const ext2::Guard& g, Ino ino);
 
+// Returns: the ACL stored under `name` (kAclAccessName or kAclDefaultName), or std::nullopt.
+// REQUIRES: g holds the metadata lock. Errors: EUCLEAN, EIO.
+Result<std::optional<Acl>> ReadAcl(const ext2::Guard& g, Ino ino, std::string_view name);
+
+// Sets (value != nullptr) or removes the attribute `name` with a raw value (ACLs in ext4's
+// disk format), in the inode or its EA block as libext2fs places it.
+// REQUIRES: g holds the metadata lock.
+// Errors: ENOSPC (no room in the inode and the EA block), EOPNOTSUPP (no ext_attr feature),
+//         EUCLEAN, EIO.
+Result<void> WriteXattrRaw(const ext2::Guard& g, Ino ino, std::string_view name,
+                           const std::vector<std::byte>* value);
+
+// Returns: whether `name` is set on `ino`. REQUIRES: g holds the metadata lock.
+Result<bool> HasXattr(const ext2::Guard& g, Ino ino, std::string_view name);
+
 // Returns: the inode's access ACL, or std::nullopt if it has none.
 // REQUIRES: g holds the metadata lock. Errors: EUCLEAN, EIO.
 Result<std::optional<Acl>> ReadAccessAcl(const ext2::Guard& g, Ino ino);
