@@ -3,8 +3,6 @@
 // libfuse3 is used for option parsing and mounting only (fusermount3 when not root); the
 // request loop, wire codec and filesystem are this project's own (DESIGN.md).
 
-#define FUSE_USE_VERSION 314
-#include <fuse3/fuse_lowlevel.h>
 #include <fuse3/fuse_opt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -22,6 +20,7 @@
 #include "ext2/ext2_fs.h"
 #include "fsserver/dispatch/dispatcher.h"
 #include "fsserver/ext4/filesystem.h"
+#include "fsserver/fuse_mount.h"
 #include "fsserver/session/session.h"
 
 namespace iomapfs {
@@ -41,8 +40,9 @@ constexpr char kUsage[] =
     "  -V, --version      print the version and exit\n"
     "\n"
     "mount options (-o):\n"
-    "  ro                 read-only (the default; this version serves read-only only)\n"
-    "  rw                 read-write: not supported yet by this version, refused\n"
+    "  ro                 read-only (the default)\n"
+    "  rw                 read-write; the image is locked against a second writer, marked\n"
+    "                     not-clean while mounted and clean again at unmount\n"
     "  fakeroot           treat every caller as root for permission checks\n"
     "  allow_other        let other users access the mount (always on as root)\n"
     "  offset=BYTES       the filesystem starts BYTES into IMAGE (partitioned images)\n"
@@ -162,8 +162,13 @@ int Serve(CliOptions& cli) {
     fprintf(stderr, "iomapfs: bad threads '%s': expected 1..64\n", cli.threads);
     return 2;
   }
-  if (cli.rw) {
-    fprintf(stderr, "iomapfs: read-write mounts are not supported by this version; use -o ro\n");
+  if (cli.rw && cli.ro) {
+    fprintf(stderr, "iomapfs: -o ro and -o rw contradict each other\n");
+    return 2;
+  }
+  const bool read_write = cli.rw != 0;
+  if (read_write && cli.norecovery) {
+    fprintf(stderr, "iomapfs: norecovery is only allowed with a read-only mount (-o ro)\n");
     return 2;
   }
   char* mnt_real = realpath(cli.mountpoint, nullptr);
@@ -180,7 +185,7 @@ int Serve(CliOptions& cli) {
   }
 
   ext2::OpenOptions open_opts;
-  open_opts.read_write = false;
+  open_opts.read_write = read_write;
   open_opts.offset = offset;
   open_opts.norecovery = cli.norecovery != 0;
   std::string why;
@@ -194,34 +199,30 @@ int Serve(CliOptions& cli) {
   auto fs = std::make_unique<ext4::Filesystem>(std::move(*e2), fs_opts);
 
   dispatch::DispatcherOptions dopts;
-  dopts.read_only = true;
+  dopts.read_only = !read_write;
+  if (read_write) {
+    // Every change goes through this mount's kernel caches; short timeouts bound how long a
+    // cached attribute can lag the image.
+    dopts.entry_timeout_sec = 1;
+    dopts.attr_timeout_sec = 1;
+  }
   dopts.debug = cli.debug != 0;
   dispatch::Dispatcher dispatcher(*fs, dopts);
 
   // Mount through libfuse: it knows mount(2) for root and fusermount3 for everyone else.
-  std::string kopts =
-      "-oro,default_permissions,subtype=iomapfs,fsname=" + EscapeOptValue(cli.image) +
-      cli.kernel_opts;
+  std::string kopts = std::string(read_write ? "rw" : "ro") +
+                      ",default_permissions,subtype=iomapfs,fsname=" + EscapeOptValue(cli.image) +
+                      cli.kernel_opts;
   if (cli.allow_other || geteuid() == 0) kopts += ",allow_other";
   if (geteuid() == 0 && cli.kernel_opts.find("nodev") == std::string::npos) kopts += ",dev";
   if (geteuid() == 0 && cli.kernel_opts.find("nosuid") == std::string::npos) kopts += ",suid";
-  const char* fuse_argv[] = {"iomapfs", kopts.c_str()};
-  fuse_args fargs = FUSE_ARGS_INIT(2, const_cast<char**>(fuse_argv));
-  fuse_lowlevel_ops no_ops{};
-  fuse_session* se = fuse_session_new(&fargs, &no_ops, sizeof(no_ops), nullptr);
-  if (se == nullptr) {
-    fprintf(stderr, "iomapfs: cannot set up the FUSE session (bad mount options?)\n");
-    return 1;
-  }
-  if (fuse_session_mount(se, mountpoint.c_str()) != 0) {
+  Result<std::unique_ptr<FuseMount>> mount = FuseMount::Mount(mountpoint, kopts);
+  if (!mount) {
     fprintf(stderr, "iomapfs: cannot mount %s at %s\n", cli.image, mountpoint.c_str());
-    fuse_session_destroy(se);
     return 1;
   }
-  if (fuse_daemonize(cli.foreground || cli.debug) != 0) {
+  if (!Daemonize(cli.foreground || cli.debug)) {
     fprintf(stderr, "iomapfs: cannot daemonize\n");
-    fuse_session_unmount(se);
-    fuse_session_destroy(se);
     return 1;
   }
   if (!cli.foreground && !cli.debug) LogToSyslog("iomapfs");
@@ -241,14 +242,13 @@ int Serve(CliOptions& cli) {
   sopts.workers = static_cast<int>(threads);
   session::Session session(dispatcher, sopts);
   Result<void> started =
-      session.Start(fuse_session_fd(se), [] { pthread_kill(g_main_thread, SIGUSR1); });
+      session.Start((*mount)->fd(), [] { pthread_kill(g_main_thread, SIGUSR1); });
   if (!started) {
     LOG_ERROR("cannot start the request loop: %s", strerror(started.error()));
-    fuse_session_unmount(se);
-    fuse_session_destroy(se);
     return 1;
   }
-  LOG_INFO("serving %s at %s (read-only)", cli.image, mountpoint.c_str());
+  LOG_INFO("serving %s at %s (%s)", cli.image, mountpoint.c_str(),
+           read_write ? "read-write" : "read-only");
 
   bool unmounted_by_us = false;
   for (;;) {
@@ -257,7 +257,7 @@ int Serve(CliOptions& cli) {
     if (sig == SIGUSR1) break;  // the connection ended: unmounted or aborted
     if (!unmounted_by_us) {
       LOG_INFO("signal %d: unmounting %s", sig, mountpoint.c_str());
-      fuse_session_unmount(se);
+      (*mount)->Unmount();
       unmounted_by_us = true;
     }
   }
@@ -268,8 +268,7 @@ int Serve(CliOptions& cli) {
     LOG_ERROR("closing %s: %s", cli.image, strerror(closed.error()));
     rc = 1;
   }
-  if (!unmounted_by_us) fuse_session_unmount(se);
-  fuse_session_destroy(se);
+  (*mount)->Unmount();
   return rc;
 }
 
@@ -291,7 +290,7 @@ int main(int argc, char** argv) {
   }
   if (cli.version) {
     printf("iomapfs %s (FUSE protocol 7.45, libfuse %s for mounting)\n", IOMAPFS_VERSION,
-           fuse_pkgversion());
+           iomapfs::LibfuseVersion());
     return 0;
   }
   if (!cli.error.empty()) {

@@ -31,7 +31,7 @@ constexpr uint64_t kWantedInitFlags =
     abi::FUSE_ASYNC_READ | abi::FUSE_BIG_WRITES | abi::FUSE_EXPORT_SUPPORT |
     abi::FUSE_DO_READDIRPLUS | abi::FUSE_READDIRPLUS_AUTO | abi::FUSE_PARALLEL_DIROPS |
     abi::FUSE_MAX_PAGES | abi::FUSE_CACHE_SYMLINKS | abi::FUSE_POSIX_ACL | abi::FUSE_ASYNC_DIO |
-    abi::FUSE_INIT_EXT;
+    abi::FUSE_ATOMIC_O_TRUNC | abi::FUSE_INIT_EXT;
 
 constexpr uint32_t kStatxBasicStats = 0x7ff;  // STATX_BASIC_STATS
 constexpr uint32_t kStatxBtime = 0x800;       // STATX_BTIME
@@ -130,6 +130,12 @@ abi::fuse_statx ToFuseStatx(const ext4::Attr& a) {
   sx.rdev_major = major(a.rdev);
   sx.rdev_minor = minor(a.rdev);
   return sx;
+}
+
+ext4::Timestamp Now() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return ext4::Timestamp{ts.tv_sec, static_cast<uint32_t>(ts.tv_nsec)};
 }
 
 bool IsTrusted(std::string_view name) { return name.rfind("trusted.", 0) == 0; }
@@ -285,14 +291,25 @@ struct Dispatcher::Context {
     fs().ReleaseDir(r.fh);
     return Reply::Empty();
   }
-  Result<Reply> On(const wire::FsyncdirReq&) { return Reply::Empty(); }
+  Result<Reply> On(const wire::FsyncdirReq& r) {
+    if (ReadOnly()) return Reply::Empty();
+    IOMAPFS_TRY(fs().Fsync(req.node, (r.fsync_flags & abi::FUSE_FSYNC_FDATASYNC) != 0));
+    return Reply::Empty();
+  }
 
   Result<Reply> On(const wire::OpenReq& r) {
     if (d.options_.read_only && (r.flags & O_ACCMODE) != O_RDONLY) return Unexpected(EROFS);
     IOMAPFS_ASSIGN_OR_RETURN(FileHandle fh, fs().Open(req.node, static_cast<int>(r.flags)));
+    if ((r.flags & O_TRUNC) != 0 && !ReadOnly()) {
+      // Without FUSE_ATOMIC_O_TRUNC the kernel truncates with SETATTR itself; with it, here.
+      ext4::Filesystem::SetAttrRequest t;
+      t.size = 0;
+      IOMAPFS_TRY(fs().SetAttr(req.node, t, caller()));
+    }
     d.iomap_->Opened(req, sink);
-    // Nothing changes a read-only image behind the kernel: keep its page cache across opens.
-    uint32_t open_flags = d.options_.read_only ? abi::FOPEN_KEEP_CACHE : 0;
+    // Only this mount changes the image, through the kernel's own caches: keep the page cache
+    // across opens.
+    uint32_t open_flags = abi::FOPEN_KEEP_CACHE;
     return Reply::Of(wire::MakeOpenOut(fh, open_flags));
   }
 
@@ -307,8 +324,16 @@ struct Dispatcher::Context {
     fs().Release(r.fh);
     return Reply::Empty();
   }
-  Result<Reply> On(const wire::FsyncReq&) { return Reply::Empty(); }
-  Result<Reply> On(const wire::SyncfsReq&) { return Reply::Empty(); }
+  Result<Reply> On(const wire::FsyncReq& r) {
+    if (ReadOnly()) return Reply::Empty();
+    IOMAPFS_TRY(fs().Fsync(req.node, (r.fsync_flags & abi::FUSE_FSYNC_FDATASYNC) != 0));
+    return Reply::Empty();
+  }
+  Result<Reply> On(const wire::SyncfsReq&) {
+    if (ReadOnly()) return Reply::Empty();
+    IOMAPFS_TRY(fs().SyncFs());
+    return Reply::Empty();
+  }
 
   Result<Reply> On(const wire::StatfsReq&) {
     IOMAPFS_ASSIGN_OR_RETURN(ext4::StatFs s, fs().StatFs());
@@ -356,26 +381,157 @@ struct Dispatcher::Context {
     return Reply::Of(wire::MakeLseekOut(off));
   }
 
-  // Operations that change the filesystem: refused while it is served read-only.
-  Result<Reply> Modify() {
-    if (d.options_.read_only) return Unexpected(EROFS);
-    return Unexpected(ENOSYS);
+  ext4::Caller caller() const {
+    ext4::Caller c;
+    c.uid = req.header.uid;
+    c.gid = req.header.gid;
+    c.pid = req.header.pid;
+    return c;
   }
-  Result<Reply> On(const wire::SetattrReq&) { return Modify(); }
-  Result<Reply> On(const wire::SymlinkReq&) { return Modify(); }
-  Result<Reply> On(const wire::MknodReq&) { return Modify(); }
-  Result<Reply> On(const wire::MkdirReq&) { return Modify(); }
-  Result<Reply> On(const wire::UnlinkReq&) { return Modify(); }
-  Result<Reply> On(const wire::RmdirReq&) { return Modify(); }
-  Result<Reply> On(const wire::RenameReq&) { return Modify(); }
-  Result<Reply> On(const wire::LinkReq&) { return Modify(); }
-  Result<Reply> On(const wire::WriteReq&) { return Modify(); }
-  Result<Reply> On(const wire::SetxattrReq&) { return Modify(); }
-  Result<Reply> On(const wire::RemovexattrReq&) { return Modify(); }
-  Result<Reply> On(const wire::CreateReq&) { return Modify(); }
-  Result<Reply> On(const wire::TmpfileReq&) { return Modify(); }
-  Result<Reply> On(const wire::FallocateReq&) { return Modify(); }
-  Result<Reply> On(const wire::CopyFileRangeReq&) { return Modify(); }
+  bool ReadOnly() const { return d.options_.read_only; }
+
+  // CREATE and TMPFILE answer an entry followed by an open reply.
+  Result<Reply> EntryAndOpen(const ext4::Attr& a, uint32_t flags) {
+    IOMAPFS_ASSIGN_OR_RETURN(FileHandle fh, fs().Open(a.ino, static_cast<int>(flags)));
+    Reply reply = Reply::Of(Entry(a));
+    abi::fuse_open_out open = wire::MakeOpenOut(fh, abi::FOPEN_KEEP_CACHE);
+    auto b = wire::BytesOf(open);
+    reply.owned.insert(reply.owned.end(), b.begin(), b.end());
+    return reply;
+  }
+
+  Result<Reply> On(const wire::CreateReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    Result<ext4::Attr> a = fs().Create(req.node, r.name, r.mode, r.umask, caller());
+    if (!a && a.error() == EEXIST && (r.flags & O_EXCL) == 0) {
+      // Created by someone else since the kernel's lookup: open what is there.
+      a = fs().Lookup(req.node, r.name);
+      if (a && (r.flags & O_TRUNC) != 0 && S_ISREG(a->mode)) {
+        ext4::Filesystem::SetAttrRequest t;
+        t.size = 0;
+        a = fs().SetAttr(a->ino, t, caller());
+      }
+    }
+    if (!a) return Unexpected(a.error());
+    return EntryAndOpen(*a, r.flags);
+  }
+  Result<Reply> On(const wire::TmpfileReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a, fs().Tmpfile(req.node, r.mode, r.umask, caller()));
+    return EntryAndOpen(a, r.flags);
+  }
+  Result<Reply> On(const wire::MknodReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    // fuse_mknod_in.rdev is new_encode_dev()'d by the kernel.
+    dev_t rdev = makedev((r.rdev & 0xfff00) >> 8, (r.rdev & 0xff) | ((r.rdev >> 12) & 0xfff00));
+    IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a,
+                             fs().Mknod(req.node, r.name, r.mode, rdev, r.umask, caller()));
+    return Reply::Of(Entry(a));
+  }
+  Result<Reply> On(const wire::MkdirReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a,
+                             fs().Mkdir(req.node, r.name, r.mode | S_IFDIR, r.umask, caller()));
+    return Reply::Of(Entry(a));
+  }
+  Result<Reply> On(const wire::SymlinkReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a, fs().Symlink(req.node, r.name, r.target, caller()));
+    return Reply::Of(Entry(a));
+  }
+  Result<Reply> On(const wire::LinkReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a, fs().Link(r.old_node, req.node, r.new_name));
+    return Reply::Of(Entry(a));
+  }
+  Result<Reply> On(const wire::UnlinkReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    IOMAPFS_TRY(fs().Unlink(req.node, r.name));
+    return Reply::Empty();
+  }
+  Result<Reply> On(const wire::RmdirReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    IOMAPFS_TRY(fs().Rmdir(req.node, r.name));
+    return Reply::Empty();
+  }
+  Result<Reply> On(const wire::RenameReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    IOMAPFS_TRY(fs().Rename(req.node, r.old_name, r.new_dir, r.new_name, r.flags));
+    return Reply::Empty();
+  }
+
+  Result<Reply> On(const wire::SetattrReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    const abi::fuse_setattr_in& in = r.in;
+    ext4::Filesystem::SetAttrRequest s;
+    if (in.valid & abi::FATTR_MODE) s.mode = in.mode;
+    if (in.valid & abi::FATTR_UID) s.uid = in.uid;
+    if (in.valid & abi::FATTR_GID) s.gid = in.gid;
+    if (in.valid & abi::FATTR_SIZE) s.size = in.size;
+    ext4::Timestamp now = Now();
+    if (in.valid & abi::FATTR_ATIME_NOW) {
+      s.atime = now;
+    } else if (in.valid & abi::FATTR_ATIME) {
+      s.atime = ext4::Timestamp{static_cast<int64_t>(in.atime), in.atimensec};
+    }
+    if (in.valid & abi::FATTR_MTIME_NOW) {
+      s.mtime = now;
+    } else if (in.valid & abi::FATTR_MTIME) {
+      s.mtime = ext4::Timestamp{static_cast<int64_t>(in.mtime), in.mtimensec};
+    }
+    if (in.valid & abi::FATTR_CTIME) {
+      s.ctime = ext4::Timestamp{static_cast<int64_t>(in.ctime), in.ctimensec};
+    }
+    s.kill_suid_sgid = (in.valid & abi::FATTR_KILL_SUIDGID) != 0;
+    IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a, fs().SetAttr(req.node, s, caller()));
+    return Reply::Of(wire::MakeAttrOut(ToFuseAttr(a), attr_timeout()));
+  }
+
+  Result<Reply> On(const wire::WriteReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    bool kill = (r.write_flags & abi::FUSE_WRITE_KILL_SUIDGID) != 0;
+    IOMAPFS_ASSIGN_OR_RETURN(size_t n, fs().Write(req.node, r.offset, r.data, false, kill));
+    return Reply::Of(wire::MakeWriteOut(static_cast<uint32_t>(n)));
+  }
+
+  Result<Reply> On(const wire::SetxattrReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    bool kill_sgid = (r.setxattr_flags & abi::FUSE_SETXATTR_ACL_KILL_SGID) != 0;
+    IOMAPFS_TRY(fs().SetXattr(req.node, r.name, r.value, static_cast<int>(r.flags), kill_sgid));
+    return Reply::Empty();
+  }
+  Result<Reply> On(const wire::RemovexattrReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    IOMAPFS_TRY(fs().RemoveXattr(req.node, r.name));
+    return Reply::Empty();
+  }
+  Result<Reply> On(const wire::FallocateReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    IOMAPFS_TRY(fs().Fallocate(req.node, r.mode, r.offset, r.length));
+    return Reply::Empty();
+  }
+
+  // copy_file_range(2) through the filesystem's own read and write (no reflink in ext4).
+  Result<Reply> On(const wire::CopyFileRangeReq& r) {
+    if (ReadOnly()) return Unexpected(EROFS);
+    uint64_t len = r.wide ? r.len : std::min<uint64_t>(r.len, 0xfffff000u);
+    uint64_t done = 0;
+    constexpr size_t kChunk = 1 << 20;
+    std::vector<std::byte> buf(std::min<uint64_t>(len, kChunk));
+    while (done < len) {
+      size_t want = static_cast<size_t>(std::min<uint64_t>(len - done, kChunk));
+      IOMAPFS_ASSIGN_OR_RETURN(
+          size_t got, fs().Read(req.node, r.off_in + done, std::span<std::byte>(buf.data(), want)));
+      if (got == 0) break;
+      IOMAPFS_ASSIGN_OR_RETURN(
+          size_t put, fs().Write(r.node_out, r.off_out + done,
+                                 std::span<const std::byte>(buf.data(), got), false, false));
+      done += put;
+      if (put < got) break;
+    }
+    if (r.wide) return Reply::Of(wire::MakeCopyFileRangeOut(done));
+    return Reply::Of(wire::MakeWriteOut(static_cast<uint32_t>(done)));
+  }
 
   // fuse-iomap opcodes (iomap_handler.h); ENOSYS on a classic-mode connection.
   Result<Reply> On(const wire::IomapConfigReq& r) {
