@@ -337,28 +337,32 @@ Result<std::unique_ptr<Ext2Fs>> Ext2Fs::Open(const std::string& path, const Open
                 "mount read-only with -o ro,norecovery (recent changes will be missing)");
   }
 
+  if (options.read_write) {
+    // Allocation needs the block and inode bitmaps in memory (libext2fs loads them on demand
+    // only in some paths); read them once, up front, as fuse2fs does.
+    err = ext2fs_read_bitmaps(fs);
+    if (err != 0) {
+      ext2fs_free(fs);
+      return fail(IsCorruption(err) ? kEfsCorrupted : ErrnoFromErrcode(err),
+                  std::string("cannot read the allocation bitmaps: ") + error_message(err));
+    }
+  }
+
   int raw_fd = fd.get();
   auto dev = std::make_unique<FdBlockDevice>(std::move(fd), options.offset, avail);
   std::unique_ptr<Ext2Fs> e2(new Ext2Fs(fs, std::move(dev), options));
   if (options.read_write) {
     e2->lock_fd_ = raw_fd;
-    // Allocation needs the block and inode bitmaps in memory (libext2fs loads them on demand
-    // only in some paths); read them once, up front, as fuse2fs does.
-    err = ext2fs_read_bitmaps(fs);
-    if (err != 0) {
-      return fail(IsCorruption(err) ? kEfsCorrupted : ErrnoFromErrcode(err),
-                  std::string("cannot read the allocation bitmaps: ") + error_message(err));
-    }
     fs->io->flags |= CHANNEL_FLAGS_WRITETHROUGH;
     // Mounted read-write without a journal: not clean until Close().
-    e2->state_at_open_ = fs->super->s_state & EXT2_VALID_FS;
+    e2->state_at_open_ = fs->super->s_state;
     fs->super->s_state &= static_cast<uint16_t>(~EXT2_VALID_FS);
     fs->super->s_mnt_count++;
     SetSbTime(&fs->super->s_mtime, &fs->super->s_mtime_hi, time(nullptr));
     ext2fs_mark_super_dirty(fs);
     err = ext2fs_flush2(fs, 0);
     if (err != 0) {
-      e2->state_at_open_ = 0;  // leave it marked not clean
+      e2->state_at_open_ &= static_cast<uint16_t>(~EXT2_VALID_FS);  // leave it not clean
       return fail(ErrnoFromErrcode(err),
                   std::string("cannot write the superblock: ") + error_message(err));
     }
