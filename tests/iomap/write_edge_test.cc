@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -228,6 +229,92 @@ TEST(InlineTest, GrowsInPlaceUpToCapacityThenConverts) {
   m.Verify(ino);
   ASSERT_EQ(m.Write(ino, 3 * 4096 + 5, "end"), 0);
   m.Verify(ino);
+  m.Close();
+  std::string out;
+  EXPECT_TRUE(FsckClean(image, &out)) << out;
+}
+
+// Splitting an extent needs room in its leaf or a free block for a new tree node. With the
+// 4-entry root full and no block free, CompleteWrite falls back to ext4's zeroout (zeros written
+// over the parts that stay unwritten, the whole extent converted) and ZeroRange returns the
+// written middle as a span for the caller to zero instead of converting it.
+TEST(UnwrittenTest, SplitsWithoutAFreeBlockFallBack) {
+  TempDir dir;
+  std::string image = MakeFilesImage(dir, 8 * kMiB, "ext4", {"-b", "4096"}, 2);
+  WriteModel m(image);
+  ASSERT_TRUE(m.fs().fs);
+  const uint64_t bs = 4096;
+  uint64_t ino = m.Track("/f0");
+  ASSERT_EQ(m.Allocate(ino, 0, 100 * bs, /*keep_size=*/false), 0);  // U[0,100)
+  for (uint64_t b : {200, 300, 400}) {
+    ASSERT_EQ(m.Write(ino, b * bs, PatternBytes(b, b * bs, 4 * bs)), 0);  // three M extents
+  }
+  ASSERT_EQ(CountExtents(m.fs(), ino), 4u);
+  auto unwritten = CheckedMap(m.fs(), ino, 0, bs);
+  ASSERT_TRUE(unwritten.has_value());
+  ASSERT_EQ(unwritten->type, MappingType::kUnwritten);
+  // Take every free block (behind the engine's back; given back before Close).
+  std::vector<blk64_t> taken;
+  {
+    auto g = m.fs().fs->Lock();
+    blk64_t blk = 0;
+    while (ext2fs_new_block2(g.fs(), 0, nullptr, &blk) == 0) {
+      ext2fs_block_alloc_stats2(g.fs(), blk, +1);
+      taken.push_back(blk);
+    }
+    ASSERT_EQ(ext2fs_free_blocks_count(g->super), 0u);
+  }
+  // Data lands in the middle of the unwritten extent; completing it cannot split.
+  std::string data = PatternBytes(7, 40 * bs, 10 * bs);
+  ASSERT_TRUE(m.fs()
+                  .fs->data()
+                  .WriteAt({reinterpret_cast<const std::byte*>(data.data()), data.size()},
+                           unwritten->addr + 40 * bs)
+                  .has_value());
+  {
+    auto g = m.fs().fs->Lock();
+    ext2::Transaction tx(g);
+    ASSERT_TRUE(m.fs().engine->CompleteWrite(tx, Ino(ino), 40 * bs, 10 * bs, 0).has_value());
+    ASSERT_TRUE(tx.Commit().has_value());
+  }
+  EXPECT_EQ(CountExtents(m.fs(), ino), 4u) << "converted whole, not split";
+  auto all = CheckedMap(m.fs(), ino, 0, 100 * bs);
+  ASSERT_TRUE(all.has_value());
+  EXPECT_EQ(all->type, MappingType::kMapped);
+  EXPECT_EQ(all->length, 100 * bs);
+  auto got = ReadThroughEngine(m.fs(), ino, 0, 100 * bs);
+  ASSERT_TRUE(got.has_value());
+  std::string want(100 * bs, '\0');
+  want.replace(40 * bs, 10 * bs, data);
+  EXPECT_TRUE(*got == want) << "the unwritten parts were zeroed on the device";
+  // ZeroRange of written blocks in the middle: the caller gets them to zero instead.
+  std::vector<ZeroSpan> spans;
+  {
+    auto g = m.fs().fs->Lock();
+    ext2::Transaction tx(g);
+    auto r = m.fs().engine->ZeroRange(tx, Ino(ino), 42 * bs + 7, 5 * bs, /*keep_size=*/true);
+    ASSERT_TRUE(r.has_value()) << r.error();
+    spans = *r;
+    ASSERT_TRUE(tx.Commit().has_value());
+  }
+  EXPECT_EQ(CountExtents(m.fs(), ino), 4u);
+  ASSERT_EQ(spans.size(), 3u);  // the partial head and tail blocks, the whole blocks between
+  for (const ZeroSpan& z : spans) {
+    std::string zeros(z.length, '\0');
+    ASSERT_TRUE(
+        m.fs()
+            .fs->data()
+            .WriteAt({reinterpret_cast<const std::byte*>(zeros.data()), zeros.size()}, z.addr)
+            .has_value());
+  }
+  std::memset(want.data() + 42 * bs + 7, 0, 5 * bs);
+  got = ReadThroughEngine(m.fs(), ino, 0, 100 * bs);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(*got == want);
+  {
+    auto g = m.fs().fs->Lock();
+    for (blk64_t b : taken) ext2fs_block_alloc_stats2(g.fs(), b, -1);
+  }
   m.Close();
   std::string out;
   EXPECT_TRUE(FsckClean(image, &out)) << out;
