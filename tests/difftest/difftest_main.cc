@@ -29,7 +29,7 @@ constexpr const char* kDefaultIomapfs = "";
 constexpr char kUsage[] =
     "usage: difftest --seed N --ops M [--kernel-only] [--keep] [--iomapfs PATH]\n"
     "                [--check-every K] [--remount-every R] [--blocks] [--dir-size]\n"
-    "                [--no-seek] [--tmpdir DIR]\n"
+    "                [--no-seek] [--trace] [--tmpdir DIR]\n"
     "\n"
     "Runs M random filesystem operations of seed N in lockstep on kernel ext4 (loop device)\n"
     "and on an iomapfs -o rw mount, comparing every result, the trees every K ops (default\n"
@@ -42,7 +42,8 @@ constexpr char kUsage[] =
     "  --iomapfs PATH  the server binary (default: the one built with this tool)\n"
     "  --blocks        also compare st_blocks\n"
     "  --dir-size      also compare directory sizes\n"
-    "  --no-seek       do not compare SEEK_DATA/SEEK_HOLE offsets\n";
+    "  --no-seek       do not compare SEEK_DATA/SEEK_HOLE offsets\n"
+    "  --trace         print every op and the reference's result\n";
 
 bool ParseU64(const char* s, uint64_t* out) {
   if (s == nullptr || *s == '\0' || *s == '-') return false;
@@ -97,6 +98,8 @@ int main(int argc, char** argv) {
       options.compare.blocks = true;
     } else if (arg == "--dir-size") {
       options.compare.dir_size = true;
+    } else if (arg == "--trace") {
+      options.trace = true;
     } else if (arg == "--no-seek") {
       options.compare.seek = false;
     } else if (arg == "-h" || arg == "--help") {

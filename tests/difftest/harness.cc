@@ -185,6 +185,11 @@ HarnessResult RunDifftest(const HarnessOptions& options) {
   run.remount_every = options.remount_every;
   run.compare = options.compare;
   run.test_name = test_name;
+  if (options.trace && options.log) {
+    run.trace = [&](uint64_t i, const std::string& op, const std::string& result) {
+      log("#" + std::to_string(i) + " " + op + " -> " + result);
+    };
+  }
   run.progress = [&](uint64_t done) {
     log("seed " + std::to_string(options.seed) + ": " + std::to_string(done) + " ops, " +
         std::to_string(static_cast<int>(testing::Now() - start)) + " s");

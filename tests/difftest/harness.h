@@ -35,6 +35,7 @@ struct HarnessOptions {
   uint64_t remount_every = 10000;  // unmount, e2fsck -fn and mount both again (RunnerOptions)
   CompareOptions compare;
   std::function<void(const std::string&)> log;  // progress lines, if set
+  bool trace = false;  // log every op and the reference's result (to find how a state arose)
 };
 
 enum class HarnessStatus {

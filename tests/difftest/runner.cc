@@ -714,6 +714,7 @@ RunResult RunLockstep(const std::string& ref_root, const std::string& test_root,
     }
     gen.Observe(op, r.ret);
     history.push_back({i, op.Describe(), DescribeResult(r)});
+    if (options.trace) options.trace(i, history.back().op, history.back().result);
     if (history.size() > options.history) history.pop_front();
     if (options.progress && (i + 1) % 10000 == 0) options.progress(i + 1);
     if (i + 1 == options.ops) break;

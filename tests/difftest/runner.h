@@ -93,6 +93,8 @@ struct RunnerOptions {
   uint64_t ops = 10000;
   uint64_t check_every = 1000;  // whole-tree comparison interval; 0: only at the end
   size_t history = 20;          // ops listed in a report
+  // If set, called after every op with its index, description and the reference's result.
+  std::function<void(uint64_t index, const std::string& op, const std::string& result)> trace;
   GeneratorOptions generator;
   CompareOptions compare;
   std::string ref_name = "kernel ext4";
