@@ -176,12 +176,15 @@ Result<void> Filesystem::Fallocate(Ino ino, uint32_t mode, uint64_t offset, uint
     ext2::Transaction tx(g);
     bool times = true;
     if (punch) {
-      // ext4_punch_hole(): nothing at or past EOF; the range stops at the page-rounded EOF.
+      // ext4_punch_hole(): nothing at or past EOF; a range that runs past EOF is set to end
+      // at the page-rounded EOF (which can extend it: punching [0, 68) of a 3-byte file frees
+      // its block, as kernel ext4 does).
       if (offset >= old_size) {
         times = false;
       } else {
         constexpr uint64_t kPage = 4096;
-        uint64_t end = std::min(offset + length, (old_size + kPage - 1) / kPage * kPage);
+        uint64_t end = offset + length;
+        if (end > old_size) end = (old_size + kPage - 1) / kPage * kPage;
         auto punched = impl.WithEngineView(
             g, ino, [&] { return impl.engine->Punch(tx, ino, offset, end - offset); });
         if (!punched) return Unexpected(impl.Check(g, punched, ino, "fallocate").error());
