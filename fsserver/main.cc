@@ -48,6 +48,9 @@ constexpr char kUsage[] =
     "  offset=BYTES       the filesystem starts BYTES into IMAGE (partitioned images)\n"
     "  norecovery         serve a filesystem whose journal needs recovery without\n"
     "                     replaying it (read-only; recent changes may be missing)\n"
+    "  errors=continue|remount-ro|panic\n"
+    "                     on corruption found while serving: carry on, refuse further\n"
+    "                     changes, or stop the server (default: the superblock's setting)\n"
     "  threads=N          request worker threads (default 4)\n"
     "  nodev, nosuid, noexec, dev, suid, exec, noatime\n"
     "                     passed to the kernel as for any mount\n";
@@ -57,6 +60,7 @@ struct CliOptions {
   char* mountpoint = nullptr;
   char* offset = nullptr;
   char* threads = nullptr;
+  char* errors = nullptr;
   int ro = 0;
   int rw = 0;
   int fakeroot = 0;
@@ -85,6 +89,7 @@ const fuse_opt kOptSpec[] = {
     IOMAPFS_OPT("debug", debug),
     {"offset=%s", offsetof(CliOptions, offset), 0},
     {"threads=%s", offsetof(CliOptions, threads), 0},
+    {"errors=%s", offsetof(CliOptions, errors), 0},
     FUSE_OPT_KEY("-h", kKeyHelp),
     FUSE_OPT_KEY("--help", kKeyHelp),
     FUSE_OPT_KEY("-V", kKeyVersion),
@@ -167,6 +172,21 @@ int Serve(CliOptions& cli) {
     return 2;
   }
   const bool read_write = cli.rw != 0;
+  ext4::ErrorBehavior errors = ext4::ErrorBehavior::kDefault;
+  if (cli.errors != nullptr) {
+    std::string e = cli.errors;
+    if (e == "continue") {
+      errors = ext4::ErrorBehavior::kContinue;
+    } else if (e == "remount-ro") {
+      errors = ext4::ErrorBehavior::kRemountRo;
+    } else if (e == "panic") {
+      errors = ext4::ErrorBehavior::kPanic;
+    } else {
+      fprintf(stderr, "iomapfs: bad errors='%s': expected continue, remount-ro or panic\n",
+              cli.errors);
+      return 2;
+    }
+  }
   if (read_write && cli.norecovery) {
     fprintf(stderr, "iomapfs: norecovery is only allowed with a read-only mount (-o ro)\n");
     return 2;
@@ -196,6 +216,7 @@ int Serve(CliOptions& cli) {
   }
   ext4::Options fs_opts;
   fs_opts.fakeroot = cli.fakeroot != 0;
+  fs_opts.errors = errors;
   auto fs = std::make_unique<ext4::Filesystem>(std::move(*e2), fs_opts);
 
   dispatch::DispatcherOptions dopts;

@@ -40,7 +40,9 @@ Filesystem::Filesystem(std::unique_ptr<ext2::Ext2Fs> fs, const Options& options)
 Filesystem::~Filesystem() = default;
 
 uint32_t Filesystem::block_size() const { return impl_->fs->block_size(); }
-bool Filesystem::read_only() const { return impl_->fs->read_only(); }
+bool Filesystem::read_only() const {
+  return impl_->fs->read_only() || impl_->errors_made_read_only.load(std::memory_order_acquire);
+}
 
 Result<Attr> Filesystem::Lookup(Ino parent, std::string_view name) {
   if (name.size() > kMaxNameLen) return Unexpected(ENAMETOOLONG);
@@ -202,7 +204,7 @@ Result<size_t> Filesystem::Read(Ino ino, uint64_t offset, std::span<std::byte> b
     len = static_cast<size_t>(std::min<uint64_t>(buf.size(), size - offset));
     auto ranged = impl_->WithEngineView(
         g, ino, [&] { return impl_->engine->MapRange(g, ino, offset, len, 0); });
-    if (!ranged) return Unexpected(ranged.error());
+    if (!ranged) return Unexpected(impl_->Check(g, std::move(ranged), ino, "read").error());
     std::vector<iomap::Mapping> maps = std::move(*ranged);
     const uint64_t end = offset + len;
     for (const iomap::Mapping& m : maps) {

@@ -83,8 +83,13 @@ struct Caller {
   std::vector<uint32_t> groups;
 };
 
+// What to do when corruption is found at run time (ext4's errors= mount option). kDefault
+// follows the superblock's s_errors, as ext4 does.
+enum class ErrorBehavior { kDefault, kContinue, kRemountRo, kPanic };
+
 struct Options {
   bool fakeroot = false;  // every caller is treated as root for permission checks
+  ErrorBehavior errors = ErrorBehavior::kDefault;
 };
 
 class Filesystem {

@@ -91,6 +91,9 @@ struct Filesystem::Impl {
   // and last error time/inode/function), as ext4's __ext4_error does.
   // REQUIRES: g holds the metadata lock.
   void RecordError(const ext2::Guard& g, Ino ino, const char* func);
+  // Applies errors=continue|remount-ro|panic (or the superblock's s_errors) after corruption.
+  // REQUIRES: g holds the metadata lock.
+  void ApplyErrorBehavior(const ext2::Guard& g, Ino ino, const char* func);
   // Passes `r` through, recording EUCLEAN in the superblock.
   template <class T>
   Result<T> Check(const ext2::Guard& g, Result<T> r, Ino ino, const char* func) {
@@ -103,6 +106,8 @@ struct Filesystem::Impl {
   // Guarded by the metadata lock (the Guard of fs). Declared after fs: destroyed first.
   std::unique_ptr<iomap::Engine> engine;
   DirIndex dirs;  // guarded by the metadata lock
+  // Set once corruption was found under errors=remount-ro: every later change is refused.
+  std::atomic<bool> errors_made_read_only{false};
   // Inodes with no links kept alive for the kernel (on the on-disk orphan list), and which of
   // them are O_TMPFILE inodes (linkable). Guarded by the metadata lock.
   std::unordered_set<uint64_t> orphans;

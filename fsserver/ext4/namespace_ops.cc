@@ -4,9 +4,11 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
+#include "base/log.h"
 #include "fsserver/ext4/acl.h"
 #include "fsserver/ext4/dir_write.h"
 #include "fsserver/ext4/fs_impl.h"
@@ -120,8 +122,46 @@ Result<void> Filesystem::Impl::ReleaseOrphan(const ext2::Guard& g, Ino ino) {
   return FreeInode(g, ino);
 }
 
+void Filesystem::Impl::ApplyErrorBehavior(const ext2::Guard& g, Ino ino, const char* func) {
+  ErrorBehavior b = options.errors;
+  if (b == ErrorBehavior::kDefault) {
+    switch (g->super->s_errors) {
+      case EXT2_ERRORS_RO:
+        b = ErrorBehavior::kRemountRo;
+        break;
+      case EXT2_ERRORS_PANIC:
+        b = ErrorBehavior::kPanic;
+        break;
+      default:
+        b = ErrorBehavior::kContinue;
+        break;
+    }
+  }
+  switch (b) {
+    case ErrorBehavior::kRemountRo:
+      if (!errors_made_read_only.exchange(true, std::memory_order_acq_rel) && !fs->read_only()) {
+        LOG_ERROR(
+            "corruption in inode %llu (%s): the filesystem is now read-only "
+            "(errors=remount-ro); run e2fsck after unmounting",
+            static_cast<unsigned long long>(ino.value()), func);
+      }
+      break;
+    case ErrorBehavior::kPanic:
+      // The user asked for the filesystem to stop at the first error: no further change may
+      // reach the image, not even the error record.
+      LOG_ERROR("corruption in inode %llu (%s): stopping (errors=panic); the mount is aborted",
+                static_cast<unsigned long long>(ino.value()), func);
+      std::_Exit(EXIT_FAILURE);
+    default:
+      LOG_WARNING("corruption in inode %llu (%s); continuing (errors=continue)",
+                  static_cast<unsigned long long>(ino.value()), func);
+      break;
+  }
+}
+
 void Filesystem::Impl::RecordError(const ext2::Guard& g, Ino ino, const char* func) {
   ext2_super_block* sb = g->super;
+  ApplyErrorBehavior(g, ino, func);
   if (fs->read_only()) return;
   auto now = static_cast<uint64_t>(Now().sec);
   sb->s_state |= EXT2_ERROR_FS;
