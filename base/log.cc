@@ -15,20 +15,28 @@ std::mutex g_stderr_mu;  // keeps lines from different threads whole
 
 int SyslogPriority(LogLevel level) {
   switch (level) {
-    case LogLevel::kError: return LOG_ERR;
-    case LogLevel::kWarning: return LOG_WARNING;
-    case LogLevel::kInfo: return LOG_INFO;
-    case LogLevel::kDebug: return LOG_DEBUG;
+    case LogLevel::kError:
+      return LOG_ERR;
+    case LogLevel::kWarning:
+      return LOG_WARNING;
+    case LogLevel::kInfo:
+      return LOG_INFO;
+    case LogLevel::kDebug:
+      return LOG_DEBUG;
   }
   return LOG_INFO;
 }
 
 const char* Prefix(LogLevel level) {
   switch (level) {
-    case LogLevel::kError: return "error: ";
-    case LogLevel::kWarning: return "warning: ";
-    case LogLevel::kInfo: return "";
-    case LogLevel::kDebug: return "debug: ";
+    case LogLevel::kError:
+      return "error: ";
+    case LogLevel::kWarning:
+      return "warning: ";
+    case LogLevel::kInfo:
+      return "";
+    case LogLevel::kDebug:
+      return "debug: ";
   }
   return "";
 }

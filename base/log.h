@@ -19,8 +19,8 @@ void Log(LogLevel level, const char* fmt, ...) __attribute__((format(printf, 2, 
 
 }  // namespace iomapfs
 
-#define IOMAPFS_LOG(level, ...)                                               \
-  do {                                                                        \
+#define IOMAPFS_LOG(level, ...)                                                    \
+  do {                                                                             \
     if (::iomapfs::GetLogLevel() >= (level)) ::iomapfs::Log((level), __VA_ARGS__); \
   } while (0)
 #define LOG_ERROR(...) IOMAPFS_LOG(::iomapfs::LogLevel::kError, __VA_ARGS__)

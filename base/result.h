@@ -31,11 +31,10 @@ class [[nodiscard]] Result {
  public:
   using value_type = T;
 
-  template <class U = T,
-            std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                 !std::is_same_v<std::decay_t<U>, Result> &&
-                                 !std::is_same_v<std::decay_t<U>, Unexpected>,
-                             int> = 0>
+  template <class U = T, std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                              !std::is_same_v<std::decay_t<U>, Result> &&
+                                              !std::is_same_v<std::decay_t<U>, Unexpected>,
+                                          int> = 0>
   constexpr Result(U&& v) : v_(std::in_place_index<0>, std::forward<U>(v)) {}
   constexpr Result(Unexpected e) : v_(std::in_place_index<1>, e.error()) {}
 
@@ -91,15 +90,15 @@ class [[nodiscard]] Result<void> {
 #define IOMAPFS_CONCAT_INNER(a, b) a##b
 #define IOMAPFS_CONCAT(a, b) IOMAPFS_CONCAT_INNER(a, b)
 
-#define IOMAPFS_TRY(expr)                                                          \
-  do {                                                                             \
-    auto&& iomapfs_try_r_ = (expr);                                                \
-    if (!iomapfs_try_r_) return ::iomapfs::Unexpected(iomapfs_try_r_.error());     \
+#define IOMAPFS_TRY(expr)                                                      \
+  do {                                                                         \
+    auto&& iomapfs_try_r_ = (expr);                                            \
+    if (!iomapfs_try_r_) return ::iomapfs::Unexpected(iomapfs_try_r_.error()); \
   } while (0)
 
 #define IOMAPFS_ASSIGN_OR_RETURN(decl, expr) \
   IOMAPFS_ASSIGN_OR_RETURN_IMPL(IOMAPFS_CONCAT(iomapfs_aor_, __LINE__), decl, expr)
-#define IOMAPFS_ASSIGN_OR_RETURN_IMPL(tmp, decl, expr)              \
-  auto tmp = (expr);                                                \
-  if (!tmp) return ::iomapfs::Unexpected(tmp.error());              \
+#define IOMAPFS_ASSIGN_OR_RETURN_IMPL(tmp, decl, expr) \
+  auto tmp = (expr);                                   \
+  if (!tmp) return ::iomapfs::Unexpected(tmp.error()); \
   decl = std::move(*tmp)

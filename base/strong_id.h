@@ -33,9 +33,7 @@ using Unique = StrongId<struct UniqueTag, uint64_t>;
 using Fsblk = StrongId<struct FsblkTag, uint64_t>;
 
 // Block numbers and byte offsets are different things; convert only through these.
-constexpr uint64_t BlockToBytes(Fsblk blk, uint32_t block_size) {
-  return blk.value() * block_size;
-}
+constexpr uint64_t BlockToBytes(Fsblk blk, uint32_t block_size) { return blk.value() * block_size; }
 constexpr Fsblk BytesToBlock(uint64_t bytes, uint32_t block_size) {
   return Fsblk(bytes / block_size);
 }

@@ -8,7 +8,7 @@ namespace iomapfs {
 namespace {
 
 TEST(ByteReaderTest, ReadsWithinBoundsOnly) {
-  std::array<std::byte, 6> buf{std::byte{1}, std::byte{0}, std::byte{0},
+  std::array<std::byte, 6> buf{std::byte{1}, std::byte{0},   std::byte{0},
                                std::byte{0}, std::byte{'a'}, std::byte{0}};
   ByteReader r(buf);
   auto v = r.Read<uint32_t>();

@@ -59,9 +59,7 @@ CommandResult RunShell(const std::string& command_line) {
 
 std::string MakeImage(const std::string& path, uint64_t size_bytes, const std::string& fs_type,
                       const std::vector<std::string>& extra_args, const std::string& source_dir) {
-  {
-    std::ofstream f(path, std::ios::trunc);
-  }
+  { std::ofstream f(path, std::ios::trunc); }
   if (truncate(path.c_str(), static_cast<off_t>(size_bytes)) != 0) return "truncate failed";
   std::vector<std::string> argv = {"mke2fs", "-q", "-F", "-t", fs_type};
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
