@@ -249,39 +249,39 @@ void EmitSearch(Gen& g, const MapLayout& layout) {
   a.Alu64Imm(Alu::kMul, R2, static_cast<int64_t>(layout.buffer_bytes()));
   a.Alu64Imm(Alu::kAdd, R1, MapLayout::kHeaderBytes);
   a.Alu64(Alu::kAdd, R1, R2);  // r1 = keys of the active buffer
-  a.MovImm(R2, 0);             // r2 = 8 * index of the last key <= pos
+  a.MovImm(R2, 0);             // r2 = node index in its level
   a.Mov(R0, R7);
   a.Alu64Imm(Alu::kAdd, R0, 1);  // r0 = pos + 1
-  for (uint64_t step = layout.capacity / 2; step >= 1; step /= 2) {
-    const int64_t off = static_cast<int64_t>(step * 8);
-    a.Mov(R3, R1);
-    a.Alu64(Alu::kAdd, R3, R2);
-    if (off <= INT16_MAX) {
-      a.Load(Size::kDW, R3, R3, off);
-    } else {
-      a.Alu64Imm(Alu::kAdd, R3, off);
-      a.Load(Size::kDW, R3, R3, 0);
+  for (const MapLayout::Level& level : layout.Levels()) {
+    // The verifier cannot know that the index stays below the level's node count (the root may
+    // have fewer than 8 children); the mask, a no-op on real data, tells it.
+    if (level.nodes > 1) a.Alu64Imm(Alu::kAnd, R2, static_cast<int64_t>(level.nodes - 1));
+    a.Mov(R4, R2);
+    a.Alu64Imm(Alu::kLsh, R4, std::countr_zero(MapLayout::kNodeBytes));
+    a.Alu64(Alu::kAdd, R4, R1);
+    if (level.offset > 0) a.Alu64Imm(Alu::kAdd, R4, static_cast<int64_t>(level.offset));
+    a.Alu64Imm(Alu::kLsh, R2, std::countr_zero(MapLayout::kNodeKeys));
+    for (uint32_t j = 1; j < MapLayout::kNodeKeys; ++j) {
+      // Branchless: r2 += (pos >= key[j]). Both are below 2^62, so the sign bit of
+      // key - (pos + 1) is the comparison. A shift (rather than masking with a 0/-1 value) keeps
+      // the verifier from forking its state on every step, which 6.18 does for `x & K` when x
+      // is in [-1, 0] (the state count then grows with the capacity).
+      a.Load(Size::kDW, R3, R4, static_cast<int64_t>(j * 8));
+      a.Alu64(Alu::kSub, R3, R0);
+      a.Alu64Imm(Alu::kRsh, R3, 63);
+      a.Alu64(Alu::kAdd, R2, R3);
     }
-    // Branchless: r2 += (pos >= key) ? off : 0. Both are below 2^62, so the sign bit of
-    // key - (pos + 1) is the comparison. Shifting the bit into place (rather than masking with
-    // a 0/-1 value) keeps the verifier from forking its state on every step, which 6.18 does
-    // for `x & K` when x is in [-1, 0] (the state count then grows with the capacity).
-    a.Alu64(Alu::kSub, R3, R0);
-    a.Alu64Imm(Alu::kRsh, R3, 63);
-    a.Alu64Imm(Alu::kLsh, R3, std::countr_zero(static_cast<uint64_t>(off)));
-    a.Alu64(Alu::kAdd, R2, R3);
   }
-  a.Mov(R3, R1);
-  a.Alu64(Alu::kAdd, R3, R2);
-  a.Load(Size::kDW, R0, R3, 0);  // the interval's offset
+  // r2 = the sorted index of the interval: its record.
+  a.Alu64Imm(Alu::kAnd, R2, static_cast<int64_t>(layout.capacity - 1));
   a.Mov(R5, R2);
-  a.Alu64Imm(Alu::kMul, R5, MapLayout::kRecordBytes / 8);
+  a.Alu64Imm(Alu::kLsh, R5, std::countr_zero(MapLayout::kRecordBytes));
   a.Alu64(Alu::kAdd, R5, R1);
-  a.Alu64Imm(Alu::kAdd, R5, static_cast<int64_t>(uint64_t{layout.capacity} * 8));
-  a.Mov(R2, R0);
-  a.Load(Size::kDW, R3, R5, 0);
-  a.Load(Size::kDW, R4, R5, 8);
-  a.Load(Size::kDW, R5, R5, 16);
+  a.Alu64Imm(Alu::kAdd, R5, static_cast<int64_t>(layout.tree_bytes()));
+  a.Load(Size::kDW, R2, R5, 0);
+  a.Load(Size::kDW, R3, R5, 8);
+  a.Load(Size::kDW, R4, R5, 16);
+  a.Load(Size::kDW, R5, R5, 24);
   // Valid only if no writer started on this buffer meanwhile (see MapLayout).
   a.Load(Size::kDW, R1, R10, kSpillValue);
   a.Load(Size::kDW, R1, R1, 0);
@@ -301,19 +301,25 @@ Result<Generated> GenMapSearch(const FileMap& map, uint64_t seq, int map_fd, Abi
 }
 
 void FillBuffer(const FileMap& map, const MapLayout& layout, uint8_t* buf) {
-  auto* keys = reinterpret_cast<uint64_t*>(buf);
-  uint8_t* recs = buf + uint64_t{layout.capacity} * 8;
   const size_t n = map.intervals.size();
+  auto start = [&](uint64_t i) { return i < n ? map.intervals[i].offset : kPosLimit; };
+  for (const MapLayout::Level& level : layout.Levels()) {
+    auto* keys = reinterpret_cast<uint64_t*>(buf + level.offset);
+    const uint64_t child_width = level.width / MapLayout::kNodeKeys;
+    for (uint64_t k = 0; k < level.nodes * MapLayout::kNodeKeys; ++k) {
+      const uint64_t first = k * child_width;
+      keys[k] = first < layout.capacity ? start(first) : kPosLimit;
+    }
+  }
+  uint8_t* recs = buf + layout.tree_bytes();
   for (size_t i = 0; i < layout.capacity; ++i) {
-    uint64_t rec[3] = {0, 0, 0};
+    uint64_t rec[4] = {kPosLimit, 0, 0, 0};
     if (i < n) {
       IomapIo io = ReadSlot(map, map.intervals[i]);
-      keys[i] = io.offset;
-      rec[0] = io.length;
-      rec[1] = io.addr;
-      rec[2] = TypeWord(io);
-    } else {
-      keys[i] = kPosLimit;
+      rec[0] = io.offset;
+      rec[1] = io.length;
+      rec[2] = io.addr;
+      rec[3] = TypeWord(io);
     }
     std::memcpy(recs + i * MapLayout::kRecordBytes, rec, sizeof(rec));
   }
@@ -367,6 +373,32 @@ bool DetectStride(const FileMap& map, StrideShape* shape) {
   return true;
 }
 
+std::vector<MapLayout::Level> MapLayout::Levels() const {
+  // Bottom-up: the leaves hold the capacity's starts 8 per node (at least one node); each level
+  // above has 1/8 as many nodes, the root's children being the 1 to 8 nodes of the level below.
+  std::vector<Level> up;
+  uint64_t nodes = std::max<uint64_t>(1, capacity / kNodeKeys);
+  uint64_t width = kNodeKeys;
+  while (true) {
+    up.push_back(Level{0, nodes, width});
+    if (nodes == 1) break;
+    nodes = nodes > kNodeKeys ? nodes / kNodeKeys : 1;
+    width *= kNodeKeys;
+  }
+  std::vector<Level> levels(up.rbegin(), up.rend());
+  uint64_t offset = 0;
+  for (Level& l : levels) {
+    l.offset = offset;
+    offset += l.nodes * kNodeBytes;
+  }
+  return levels;
+}
+
+uint64_t MapLayout::tree_bytes() const {
+  const std::vector<Level> levels = Levels();
+  return levels.back().offset + levels.back().nodes * kNodeBytes;
+}
+
 MapLayout MapLayout::ForIntervals(size_t intervals) {
   MapLayout l;
   l.capacity = static_cast<uint32_t>(std::bit_ceil(std::max<size_t>(intervals, 2)));
@@ -416,13 +448,24 @@ Result<Generated> Generate(const FileMap& map, uint64_t seq, Strategy strategy, 
   return g;
 }
 
-Result<Generated> GenerateDispatcher(const DispatcherMaps& maps) {
+Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
+                                     int32_t nodeid_kfunc_btf_id) {
   FileMap none;
-  Gen g(none, 0, Abi::kSyscall);
+  Gen g(none, 0, abi);
   Assembler& a = g.a();
   constexpr int kKeyNode = -16, kSeq = -24, kKeyZero = -32;
-  g.Prologue(/*identity=*/false);
-  a.Load(Size::kDW, R2, R6, kCtxNodeid);
+  if (abi == Abi::kSyscall) {
+    g.Prologue(/*identity=*/false);
+    a.Load(Size::kDW, R2, R6, kCtxNodeid);
+  } else {
+    if (nodeid_kfunc_btf_id <= 0) return Unexpected(EINVAL);
+    a.Load(Size::kDW, R9, R1, 0);  // the opaque inode (args[0])
+    g.Prologue(/*identity=*/false);
+    a.Mov(R1, R9);
+    // call fuse_bpf_inode_nodeid (a vmlinux kfunc: src BPF_PSEUDO_KFUNC_CALL, off 0).
+    a.Raw(bpf_insn{BPF_JMP | BPF_CALL, 0, BPF_PSEUDO_KFUNC_CALL, 0, nodeid_kfunc_btf_id});
+    a.Mov(R2, R0);
+  }
   a.Store(Size::kDW, R10, kKeyNode, R2);
   a.StoreImm(Size::kW, R10, kKeyZero, 0);
   a.LoadMapFd(R1, maps.index_fd);

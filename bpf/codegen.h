@@ -56,9 +56,19 @@ struct StrideShape {
 // Returns: true and *shape if `map` is exactly a StrideShape (one extent included).
 bool DetectStride(const FileMap& map, StrideShape* shape);
 
-// The array-map value of kMapSearch: a header and two buffers, each holding `capacity` (a power of
-// two >= intervals) sorted interval starts followed by `capacity` 24-byte records {length, addr,
-// type | flags << 16 | dev << 32}; unused slots have start kPosLimit.
+// The array-map value of kMapSearch: a header and two buffers. Each buffer holds a static B+ tree
+// ("S+ tree") over the sorted interval starts, then `capacity` (a power of two >= intervals)
+// 32-byte records {offset, length, addr, type | flags << 16 | dev << 32} in sorted order; unused
+// intervals have start kPosLimit.
+// The tree: levels of nodes of kNodeKeys 8-byte keys, one 64-byte cache line each, root first.
+// The leaf level is the sorted starts themselves, 8 per node. A node of an upper level holds the
+// first start under each of its 8 children (kPosLimit past the last child: only the root may have
+// fewer than 8, so that every level has a power-of-two node count). Key 0 of the node reached is
+// always <= pos (the root's is start 0, which is 0), so the descent is
+//   i = 8 i + #{j in 1..7 : key[j] <= pos}
+// per level, branchless, and at the leaves i is the sorted index of the interval containing pos.
+// A cold lookup touches one line per level (6 for 2^16 intervals, against 16 for a binary search)
+// and the upper levels are small enough to stay cached (all but the leaves: 1/8 of the keys).
 // Readers (the program): s1 = seq; search buffer (s1 >> 1) & 1; s2 = seq; the answer is valid only
 // if s2 - (s1 & ~1) <= 2, otherwise FIB_FALLBACK. Writer: seq = s + 1; fill buffer
 // ((s >> 1) + 1) & 1; seq = s + 2. A reader that overlaps a write into its buffer therefore sees
@@ -66,11 +76,22 @@ bool DetectStride(const FileMap& map, StrideShape* shape);
 // ordered CPUs would need a read barrier that BPF lacks, short of a fully ordered atomic).
 struct MapLayout {
   static constexpr uint32_t kHeaderBytes = 64;
-  static constexpr uint32_t kRecordBytes = 24;
+  static constexpr uint32_t kRecordBytes = 32;
+  static constexpr uint32_t kNodeKeys = 8;
+  static constexpr uint32_t kNodeBytes = kNodeKeys * 8;
   // Header: u64 seqcount, capacity, interval count, file sequence number (dispatcher check).
   static constexpr int kFileSeqOffset = 24;
   uint32_t capacity = 0;  // power of two
-  uint64_t buffer_bytes() const { return uint64_t{capacity} * (8 + kRecordBytes); }
+
+  struct Level {
+    uint64_t offset = 0;  // byte offset of the level's first node inside a buffer
+    uint64_t nodes = 0;   // a power of two
+    uint64_t width = 0;   // sorted starts under one node
+  };
+  // Root first; the last level is the leaves.
+  std::vector<Level> Levels() const;
+  uint64_t tree_bytes() const;
+  uint64_t buffer_bytes() const { return tree_bytes() + uint64_t{capacity} * kRecordBytes; }
   uint64_t value_bytes() const { return kHeaderBytes + 2 * buffer_bytes(); }
   static MapLayout ForIntervals(size_t intervals);
 };
@@ -117,10 +138,14 @@ struct DispatcherMaps {
   std::vector<std::pair<uint32_t, int>> classes;  // {log2 capacity, HASH_OF_MAPS fd}
 };
 
-// Generates the per-connection dispatcher (BPF_PROG_TYPE_SYSCALL, context BeginCtx): looks the
-// node id up in the index, finds the file's map in its class's map-of-maps, checks that both
-// carry the same sequence number, and runs the map search. Unknown node ids fall back.
-Result<Generated> GenerateDispatcher(const DispatcherMaps& maps);
+// Generates the per-connection dispatcher: looks the node id up in the index, finds the file's
+// map in its class's map-of-maps, checks that both carry the same sequence number, and runs the
+// map search. Unknown node ids fall back.
+// With Abi::kSyscall (BPF_PROG_TYPE_SYSCALL, context BeginCtx) the node id is ctx->nodeid. With
+// Abi::kStructOps (fuse_iomap_bpf_ops.iomap_begin, spec §13.2) it comes from the kfunc
+// fuse_bpf_inode_nodeid(inode), whose vmlinux BTF id is `nodeid_kfunc_btf_id` (REQUIRES: > 0).
+Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi = Abi::kSyscall,
+                                     int32_t nodeid_kfunc_btf_id = 0);
 
 // Publishes `map` into the inactive buffer of a live image and flips to it (the writer protocol
 // above). REQUIRES: one writer at a time; map.intervals.size() <= layout.capacity.

@@ -53,6 +53,19 @@ Result<Dispatcher> Dispatcher::Create(const DispatcherOptions& options, std::str
   return d;
 }
 
+Result<bool> Dispatcher::AttachHook(int fuse_fd, std::string* reason) {
+  IOMAPFS_ASSIGN_OR_RETURN(std::optional<StructOpsLayout> layout, DetectStructOps());
+  if (!layout) return false;
+  DispatcherMaps maps;
+  maps.index_fd = index_.get();
+  for (size_t i = 0; i < classes_.size(); ++i) {
+    maps.classes.emplace_back(options_.min_log2_capacity + static_cast<uint32_t>(i),
+                              classes_[i].get());
+  }
+  IOMAPFS_ASSIGN_OR_RETURN(hook_, StructOpsLink::Attach(*layout, maps, fuse_fd, reason));
+  return true;
+}
+
 Result<uint64_t> Dispatcher::Install(const FileMap& map) {
   const uint64_t nodeid = map.nodeid;
   const uint32_t log2 = std::max<uint32_t>(

@@ -34,6 +34,7 @@
 #include "bpf/codegen.h"
 #include "bpf/file_map.h"
 #include "bpf/kernel.h"
+#include "bpf/struct_ops.h"
 
 namespace iomapfs::bpf {
 
@@ -83,6 +84,14 @@ class Dispatcher {
   // Returns: the installed sequence number, or 0.
   uint64_t SeqOf(uint64_t nodeid) const;
 
+  // Attaches the dispatcher's search, over the same maps, as the connection's
+  // fuse_iomap_bpf_ops.iomap_begin (spec §13.2; struct_ops.h) if the kernel has the hook.
+  // Returns: true attached; false the hook is absent (DetectStructOps logs it once): the server
+  // keeps answering BEGIN itself and Run() still works.
+  // Errors: as DetectStructOps and StructOpsLink::Attach (*reason says which step failed).
+  Result<bool> AttachHook(int fuse_fd, std::string* reason);
+  bool hook_attached() const { return hook_.attached(); }
+
   // Runs the dispatcher once (BPF_PROG_TEST_RUN). Errors: the bpf(2) errno.
   Result<Answer> Run(const BeginCtx& ctx) const;
 
@@ -113,6 +122,7 @@ class Dispatcher {
   uint64_t next_seq_ = 1;
   uint64_t map_bytes_ = 0;
   DispatcherStats stats_;
+  StructOpsLink hook_;
 };
 
 }  // namespace iomapfs::bpf

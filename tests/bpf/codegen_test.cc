@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
+
 #include "bpf/assembler.h"
 #include "bpf/file_map.h"
 #include "tests/bpf/bpf_test_util.h"
@@ -108,15 +110,15 @@ constexpr const char* kGoldenTwoExtentTree = R"(     0: r6 = r1
 
 constexpr const char* kGoldenTwoExtentMapSearch = R"(     0: r6 = r1
      1: r2 = *(u64 *)(r6 +0)
-     2: if r2 != 0xc goto +66 <69>
+     2: if r2 != 0xc goto +82 <85>
      3: r2 = *(u64 *)(r6 +32)
-     4: if r2 != 3 goto +64 <69>
+     4: if r2 != 3 goto +80 <85>
      5: r7 = *(u64 *)(r6 +8)
      6: r8 = *(u32 *)(r6 +24)
      7: r1 = r7
      8: r1 >>= 0x3e
-     9: if r1 != 0 goto +59 <69>
-    10: if r8 & 0x40000200 goto +58 <69>
+     9: if r1 != 0 goto +75 <85>
+    10: if r8 & 0x40000200 goto +74 <85>
     11: r8 &= -2147483517
     12: r1 = map[fd:42][0]+0
     14: *(u64 *)(r10 -8) = r1
@@ -124,58 +126,74 @@ constexpr const char* kGoldenTwoExtentMapSearch = R"(     0: r6 = r1
     16: r2 = r9
     17: r2 >>= 1
     18: r2 &= 1
-    19: r2 *= 0x80
+    19: r2 *= 0xc0
     20: r1 += 0x40
     21: r1 += r2
     22: w2 = 0
     23: r0 = r7
     24: r0 += 1
-    25: r3 = r1
-    26: r3 += r2
-    27: r3 = *(u64 *)(r3 +16)
-    28: r3 -= r0
-    29: r3 >>= 0x3f
-    30: r3 <<= 4
-    31: r2 += r3
-    32: r3 = r1
-    33: r3 += r2
-    34: r3 = *(u64 *)(r3 +8)
-    35: r3 -= r0
-    36: r3 >>= 0x3f
-    37: r3 <<= 3
-    38: r2 += r3
-    39: r3 = r1
-    40: r3 += r2
-    41: r0 = *(u64 *)(r3 +0)
-    42: r5 = r2
-    43: r5 *= 3
-    44: r5 += r1
-    45: r5 += 0x20
-    46: r2 = r0
-    47: r3 = *(u64 *)(r5 +0)
-    48: r4 = *(u64 *)(r5 +8)
-    49: r5 = *(u64 *)(r5 +16)
-    50: r1 = *(u64 *)(r10 -8)
-    51: r1 = *(u64 *)(r1 +0)
-    52: r9 &= -2
-    53: r1 -= r9
-    54: if r1 > 2 goto +14 <69>
-    55: if r8 == 0 goto +3 <59>
-    56: r1 = r5
-    57: r1 &= 0xffff
-    58: if r1 != 2 goto +10 <69>
-    59: *(u64 *)(r6 +40) = r2
-    60: *(u64 *)(r6 +48) = r3
-    61: *(u64 *)(r6 +56) = r4
-    62: *(u64 *)(r6 +64) = r5
-    63: *(u64 *)(r6 +72) = r2
-    64: *(u64 *)(r6 +80) = r3
-    65: *(u64 *)(r6 +88) = -1
-    66: *(u64 *)(r6 +96) = 0xff
-    67: w0 = 1
-    68: exit
-    69: w0 = 0
-    70: exit
+    25: r4 = r2
+    26: r4 <<= 6
+    27: r4 += r1
+    28: r2 <<= 3
+    29: r3 = *(u64 *)(r4 +8)
+    30: r3 -= r0
+    31: r3 >>= 0x3f
+    32: r2 += r3
+    33: r3 = *(u64 *)(r4 +16)
+    34: r3 -= r0
+    35: r3 >>= 0x3f
+    36: r2 += r3
+    37: r3 = *(u64 *)(r4 +24)
+    38: r3 -= r0
+    39: r3 >>= 0x3f
+    40: r2 += r3
+    41: r3 = *(u64 *)(r4 +32)
+    42: r3 -= r0
+    43: r3 >>= 0x3f
+    44: r2 += r3
+    45: r3 = *(u64 *)(r4 +40)
+    46: r3 -= r0
+    47: r3 >>= 0x3f
+    48: r2 += r3
+    49: r3 = *(u64 *)(r4 +48)
+    50: r3 -= r0
+    51: r3 >>= 0x3f
+    52: r2 += r3
+    53: r3 = *(u64 *)(r4 +56)
+    54: r3 -= r0
+    55: r3 >>= 0x3f
+    56: r2 += r3
+    57: r2 &= 3
+    58: r5 = r2
+    59: r5 <<= 5
+    60: r5 += r1
+    61: r5 += 0x40
+    62: r2 = *(u64 *)(r5 +0)
+    63: r3 = *(u64 *)(r5 +8)
+    64: r4 = *(u64 *)(r5 +16)
+    65: r5 = *(u64 *)(r5 +24)
+    66: r1 = *(u64 *)(r10 -8)
+    67: r1 = *(u64 *)(r1 +0)
+    68: r9 &= -2
+    69: r1 -= r9
+    70: if r1 > 2 goto +14 <85>
+    71: if r8 == 0 goto +3 <75>
+    72: r1 = r5
+    73: r1 &= 0xffff
+    74: if r1 != 2 goto +10 <85>
+    75: *(u64 *)(r6 +40) = r2
+    76: *(u64 *)(r6 +48) = r3
+    77: *(u64 *)(r6 +56) = r4
+    78: *(u64 *)(r6 +64) = r5
+    79: *(u64 *)(r6 +72) = r2
+    80: *(u64 *)(r6 +80) = r3
+    81: *(u64 *)(r6 +88) = -1
+    82: *(u64 *)(r6 +96) = 0xff
+    83: w0 = 1
+    84: exit
+    85: w0 = 0
+    86: exit
 )";
 
 const Mapping kA{0, 8192, 1 << 20, MappingType::kMapped, 0};
@@ -321,6 +339,55 @@ TEST(DetectStride, ExactOnly) {
   EXPECT_FALSE(DetectStride(*BuildFileMap(1, 4096, 7, ms), &s));
 }
 
+// The descent the program emits, in C++ over the image: at the leaves it lands on FindInterval.
+size_t Descend(const MapLayout& l, const uint8_t* buf, uint64_t pos) {
+  uint64_t i = 0;
+  for (const MapLayout::Level& level : l.Levels()) {
+    EXPECT_LT(i, level.nodes);
+    const auto* keys = reinterpret_cast<const uint64_t*>(buf + level.offset) + i * 8;
+    EXPECT_LE(keys[0], pos);
+    i *= 8;
+    for (int j = 1; j < 8; ++j) i += keys[j] <= pos ? 1 : 0;
+  }
+  return i;
+}
+
+TEST(MapImage, LevelsAreCacheLinesAndPowersOfTwo) {
+  for (uint32_t cap : {2u, 4u, 8u, 16u, 64u, 128u, 1024u, 1u << 16, 1u << 17}) {
+    MapLayout l;
+    l.capacity = cap;
+    auto levels = l.Levels();
+    EXPECT_EQ(levels.front().nodes, 1u) << cap;
+    EXPECT_EQ(levels.back().nodes, std::max(1u, cap / 8)) << cap;
+    uint64_t offset = 0;
+    for (size_t k = 0; k < levels.size(); ++k) {
+      EXPECT_EQ(levels[k].offset, offset);
+      EXPECT_TRUE(std::has_single_bit(levels[k].nodes));
+      if (k > 0) EXPECT_LE(levels[k].nodes, levels[k - 1].nodes * 8);
+      offset += levels[k].nodes * 64;
+    }
+    EXPECT_EQ(l.tree_bytes(), offset);
+    EXPECT_EQ((MapLayout::kHeaderBytes + l.buffer_bytes()) % 64, 0u);  // both trees line-aligned
+  }
+  MapLayout l;
+  l.capacity = 1u << 16;
+  EXPECT_EQ(l.Levels().size(), 6u);  // 8192 leaves: 6 cache lines per lookup
+}
+
+TEST(MapImage, DescentFindsTheInterval) {
+  for (size_t n : {1, 3, 7, 8, 9, 60, 300, 3000}) {
+    auto map = *BuildFileMap(1, 4096, 7, testing::RandomMappings(n, n));
+    MapLayout l = MapLayout::ForIntervals(map.intervals.size());
+    std::vector<uint8_t> v(l.value_bytes());
+    WriteInitialImage(map, l, v.data());
+    for (uint64_t pos : testing::ProbePositions(map, 2000, 3)) {
+      if (pos >= kPosLimit) continue;
+      ASSERT_EQ(Descend(l, v.data() + MapLayout::kHeaderBytes, pos), FindInterval(map, pos))
+          << n << " " << pos;
+    }
+  }
+}
+
 TEST(MapImage, PublishFlipsBuffers) {
   auto a = *BuildFileMap(1, 4096, 7, testing::RandomMappings(10, 1));
   auto b = *BuildFileMap(1, 4096, 7, testing::RandomMappings(12, 2));
@@ -332,13 +399,15 @@ TEST(MapImage, PublishFlipsBuffers) {
     return reinterpret_cast<uint64_t*>(v.data() + MapLayout::kHeaderBytes +
                                        buf * l.buffer_bytes())[i];
   };
+  // Leaf keys are the sorted starts.
+  auto slot = [&](size_t rank) { return l.Levels().back().offset / 8 + rank; };
   EXPECT_EQ(seq(), 0u);
-  EXPECT_EQ(key(0, 1), a.intervals[1].offset);
-  EXPECT_EQ(key(0, a.intervals.size()), kPosLimit);
+  EXPECT_EQ(key(0, slot(1)), a.intervals[1].offset);
+  EXPECT_EQ(key(0, slot(a.intervals.size())), kPosLimit);
   PublishImage(b, l, v.data());
   EXPECT_EQ(seq(), 2u);
-  EXPECT_EQ(key(1, 1), b.intervals[1].offset);
-  EXPECT_EQ(key(0, 1), a.intervals[1].offset);  // the old buffer is untouched
+  EXPECT_EQ(key(1, slot(1)), b.intervals[1].offset);
+  EXPECT_EQ(key(0, slot(1)), a.intervals[1].offset);  // the old buffer is untouched
   PublishImage(a, l, v.data());
   EXPECT_EQ(seq(), 4u);
 }
