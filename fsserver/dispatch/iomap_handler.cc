@@ -48,6 +48,18 @@ abi::fuse_iomap_io Placeholder(const abi::fuse_iomap_io& real, uint16_t type) {
   return p;
 }
 
+// §11.3, §15.4: every server thread that services iomap requests sets NOFS on itself, once per
+// connection. UNTESTED against a real iomap kernel (the kernel model records the calls).
+void SetNofsOnce(ReplySink& sink) {
+  thread_local KernelControl* done_for = nullptr;
+  KernelControl* control = sink.control();
+  if (control == nullptr || done_for == control) return;
+  done_for = control;
+  if (Result<void> r = control->SetNofs(true); !r) {
+    LOG_WARNING("iomap mode: FUSE_DEV_IOC_SET_NOFS failed: %s", strerror(r.error()));
+  }
+}
+
 Result<void> SendNotify(ReplySink& sink, const std::vector<std::byte>& msg) {
   KernelControl* control = sink.control();
   if (control == nullptr) return Unexpected(ENOTCONN);
@@ -143,6 +155,13 @@ Result<abi::fuse_iomap_config_out> IomapHandler::Config(const wire::IomapConfigR
     return Unexpected(id.error());
   }
   dev_.store(*id, std::memory_order_release);
+  SetNofsOnce(sink);
+  // §11.2, §14.2 step 3: the device's soft block size becomes the fs block size, so that cached
+  // device pages never straddle file blocks. UNTESTED against a real iomap kernel.
+  if (Result<void> b = control->SetBlocksize(*id, geo.block_size); !b) {
+    LOG_WARNING("iomap mode: FUSE_DEV_IOC_IOMAP_SET_BLOCKSIZE(%u) failed: %s", geo.block_size,
+                strerror(b.error()));
+  }
 
   max_bytes_ = std::min<uint64_t>(geo.max_bytes, static_cast<uint64_t>(r.maxbytes));
   uint32_t cache_bytes = options_.cache_maxbytes != 0 ? options_.cache_maxbytes : r.cache_maxbytes;
@@ -317,6 +336,7 @@ Result<abi::fuse_iomap_begin_out> IomapHandler::Begin(const wire::Request& req,
   if (shut_down_.load()) return Unexpected(EIO);
   if (r.attr_ino != req.node) return Unexpected(EINVAL);
   stats_.begins.fetch_add(1, std::memory_order_relaxed);
+  SetNofsOnce(sink);
   const Ino ino = req.node;
   const uint32_t op = r.opflags;
   const bool write_op = (op & kWriteOps) != 0;
@@ -386,6 +406,7 @@ Result<void> IomapHandler::End(const wire::Request& req, const wire::IomapEndReq
                                ReplySink& sink) {
   if (!enabled()) return Unexpected(ENOSYS);
   if (r.attr_ino != req.node) return Unexpected(EINVAL);
+  SetNofsOnce(sink);
   // §14.4: a buffered write that extended the file raises the on-disk size.
   const bool buffered_write =
       (r.opflags & abi::FUSE_IOMAP_OP_WRITE) != 0 && (r.opflags & abi::FUSE_IOMAP_OP_DIRECT) == 0;
@@ -395,7 +416,6 @@ Result<void> IomapHandler::End(const wire::Request& req, const wire::IomapEndReq
   std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
   IOMAPFS_TRY(fs_.IomapRaiseSize(req.node, r.pos + static_cast<uint64_t>(r.written)));
   RefreshBpf(req.node);
-  (void)sink;
   return {};
 }
 
@@ -405,6 +425,7 @@ Result<abi::fuse_iomap_ioend_out> IomapHandler::Ioend(const wire::Request& req,
   if (!enabled()) return Unexpected(ENOSYS);
   if (r.attr_ino != req.node) return Unexpected(EINVAL);
   stats_.ioends.fetch_add(1, std::memory_order_relaxed);
+  SetNofsOnce(sink);
   // §6.4: a failed I/O changes nothing: unwritten extents stay unwritten (they read as zeros)
   // and new blocks of indirect files were zeroed when they were allocated.
   if (r.error != 0) return Unexpected(r.error < 0 ? -r.error : EIO);
@@ -413,7 +434,6 @@ Result<abi::fuse_iomap_ioend_out> IomapHandler::Ioend(const wire::Request& req,
   const bool convert = (r.flags & abi::FUSE_IOMAP_IOEND_UNWRITTEN) != 0;
   IOMAPFS_ASSIGN_OR_RETURN(uint64_t size, fs_.IomapIoend(req.node, r.pos, r.written, convert));
   if (convert || (r.flags & abi::FUSE_IOMAP_IOEND_APPEND) != 0) RefreshBpf(req.node);
-  (void)sink;
   return wire::MakeIomapIoendOut(size);
 }
 

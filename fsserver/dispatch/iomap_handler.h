@@ -3,8 +3,11 @@
 //
 //   INIT     acknowledge FUSE_IOMAP (minor 99, §1.3) when offered and enabled; else classic.
 //   CONFIG   geometry from the superblock (§7, §14.2); registers the image's device with
-//            BACKING_OPEN through the connection's KernelControl (§1.4, §11) and, with BPF on,
-//            attaches the per-connection bpf::Dispatcher (§13.2).
+//            BACKING_OPEN through the connection's KernelControl (§1.4, §11), sets its block
+//            size with IOMAP_SET_BLOCKSIZE (§11.2) and, with BPF on, attaches the
+//            per-connection bpf::Dispatcher (§13.2). Every thread serving CONFIG/BEGIN/END/IOEND
+//            sets SET_NOFS on itself once (§11.3). Both ioctls are UNTESTED against a real
+//            iomap kernel (the kernel model records them).
 //   LOOKUP   regular files get FUSE_ATTR_EXCLUSIVE|FUSE_ATTR_IOMAP (§1.5).
 //   OPEN     pushes the file's mappings into the kernel cache (UPSERT, §12.3) within the
 //            kernel's per-fork limit, and installs the file's BPF program.
@@ -17,7 +20,9 @@
 //   IOEND    converts unwritten extents and raises the size; the reply carries it (§6).
 //   After layout-changing requests (truncate, fallocate, copy_file_range) the file's cached
 //   mappings are INValidated (§12.4) and its BPF program replaced before the reply is sent;
-//   FORGET drops the program (the inode number may be reused).
+//   FORGET drops the program (the inode number may be reused). UNLINK needs no INVAL: the
+//   blocks of an unlinked inode are freed only at the FORGET of its last lookup reference
+//   (Filesystem::Forget), i.e. after the kernel evicted the inode and with it its cache (§12.1).
 //
 // Thread-safety: every method may be called concurrently from worker threads. BEGIN, END and
 // IOEND of one inode are serialized by a striped per-inode mutex (§10 "serialise per inode").

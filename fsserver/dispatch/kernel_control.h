@@ -1,7 +1,8 @@
 // KernelControl: the out-of-band paths from the server to the kernel side of a connection,
 // which are not replies: notifications (write(2) of an unsolicited message on /dev/fuse, whose
 // return value is the kernel handler's error) and the /dev/fuse device ioctls that register
-// backing devices (spec/fuse-iomap-protocol.md §11) and attach BPF programs (§13.2).
+// backing devices and tune the server's threads (spec/fuse-iomap-protocol.md §11) and attach BPF
+// programs (§13.2).
 //
 // The transport implements it: FuseDevChannel with write(2) and ioctl(2) on the /dev/fuse fd,
 // SocketChannel (the kernel model) with synchronous messages on its control socket. A ReplySink
@@ -38,6 +39,17 @@ class KernelControl {
 
   // FUSE_DEV_IOC_BACKING_CLOSE. Errors: EBUSY (v7 refuses for iomap devices), ENOENT.
   virtual Result<void> BackingClose(uint32_t backing_id) = 0;
+
+  // FUSE_DEV_IOC_IOMAP_SET_BLOCKSIZE (§11.2): sets the soft block size of registered iomap
+  // device `backing_id`, so that the server's own buffered I/O through the device cannot leave
+  // page-cache pages that straddle file blocks written by iomap.
+  // Errors: EOPNOTSUPP (not in iomap mode), ENOENT (unknown id), EINVAL (bad size), ENOTTY.
+  virtual Result<void> SetBlocksize(uint32_t backing_id, uint32_t blocksize) = 0;
+
+  // FUSE_DEV_IOC_SET_NOFS (§11.3): on = 1 sets, 0 clears "no filesystem reclaim + local
+  // throttle" for the CALLING thread.
+  // Errors: EPERM (neither iomap nor CAP_SYS_RESOURCE), EINVAL, ENOTTY.
+  virtual Result<void> SetNofs(bool on) = 0;
 
   // Attaches the per-connection iomap BPF program `prog_fd` (spec §13.2: one program set per
   // connection), replacing any attached before; prog_fd < 0 detaches.

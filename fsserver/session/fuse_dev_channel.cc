@@ -57,4 +57,16 @@ Result<void> FuseDevChannel::BackingClose(uint32_t backing_id) {
   return {};
 }
 
+Result<void> FuseDevChannel::SetBlocksize(uint32_t backing_id, uint32_t blocksize) {
+  abi::fuse_iomap_backing_info info{backing_id, blocksize};
+  if (::ioctl(fd_, abi::FUSE_DEV_IOC_IOMAP_SET_BLOCKSIZE, &info) != 0) return Unexpected(errno);
+  return {};
+}
+
+Result<void> FuseDevChannel::SetNofs(bool on) {
+  uint32_t v = on ? 1 : 0;
+  if (::ioctl(fd_, abi::FUSE_DEV_IOC_SET_NOFS, &v) != 0) return Unexpected(errno);
+  return {};
+}
+
 }  // namespace iomapfs::session

@@ -48,6 +48,10 @@ class FuseDevChannel final : public dispatch::ReplySink, public dispatch::Kernel
   Result<uint32_t> BackingOpen(int fd, uint32_t flags) override;
   Result<void> BackingClose(uint32_t backing_id) override;
   Result<void> AttachBpf(int) override { return Unexpected(EOPNOTSUPP); }
+  // FUSE_DEV_IOC_IOMAP_SET_BLOCKSIZE / FUSE_DEV_IOC_SET_NOFS. UNTESTED against a real iomap
+  // kernel: only reached on an iomap connection, which no kernel here offers.
+  Result<void> SetBlocksize(uint32_t backing_id, uint32_t blocksize) override;
+  Result<void> SetNofs(bool on) override;
 
   int fd() const { return fd_; }
 

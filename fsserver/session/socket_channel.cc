@@ -110,6 +110,20 @@ Result<void> SocketChannel::AttachBpf(int prog_fd) {
   return {};
 }
 
+Result<void> SocketChannel::SetBlocksize(uint32_t backing_id, uint32_t blocksize) {
+  abi::fuse_iomap_backing_info info{backing_id, blocksize};
+  iovec iov{&info, sizeof(info)};
+  IOMAPFS_TRY(Call(kControlSetBlocksize, std::span(&iov, 1), -1));
+  return {};
+}
+
+Result<void> SocketChannel::SetNofs(bool on) {
+  uint32_t v = on ? 1 : 0;
+  iovec iov{&v, sizeof(v)};
+  IOMAPFS_TRY(Call(kControlSetNofs, std::span(&iov, 1), -1));
+  return {};
+}
+
 void SocketServer::Start(int workers) {
   for (int i = 0; i < std::max(1, workers); ++i) threads_.emplace_back([this] { Worker(); });
 }

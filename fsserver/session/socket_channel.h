@@ -41,6 +41,8 @@ enum ControlKind : uint32_t {
   kControlBackingOpen = 2,   // payload: abi::fuse_backing_map (its fd field is ignored); + fd
   kControlBackingClose = 3,  // payload: u32 backing id
   kControlBpfAttach = 4,     // payload: none; + the program fd (none: detach)
+  kControlSetBlocksize = 5,  // payload: abi::fuse_iomap_backing_info
+  kControlSetNofs = 6,       // payload: u32 (1 set, 0 clear), for the calling server thread
 };
 
 struct ControlHeader {
@@ -76,6 +78,8 @@ class SocketChannel final : public dispatch::ReplySink, public dispatch::KernelC
   Result<uint32_t> BackingOpen(int fd, uint32_t flags) override;
   Result<void> BackingClose(uint32_t backing_id) override;
   Result<void> AttachBpf(int prog_fd) override;
+  Result<void> SetBlocksize(uint32_t backing_id, uint32_t blocksize) override;
+  Result<void> SetNofs(bool on) override;
 
  private:
   // Sends one control message (header, payload, optional fd) and waits for its result.

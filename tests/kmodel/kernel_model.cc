@@ -56,6 +56,20 @@ std::string OpName(uint32_t op) {
       return "IOMAP_END";
     case abi::FUSE_IOMAP_IOEND:
       return "IOMAP_IOEND";
+    case abi::FUSE_CREATE:
+      return "CREATE";
+    case abi::FUSE_UNLINK:
+      return "UNLINK";
+    case abi::FUSE_FORGET:
+      return "FORGET";
+    case abi::FUSE_SYNCFS:
+      return "SYNCFS";
+    case abi::FUSE_FREEZE_FS:
+      return "FREEZE_FS";
+    case abi::FUSE_UNFREEZE_FS:
+      return "UNFREEZE_FS";
+    case abi::FUSE_SHUTDOWN_FS:
+      return "SHUTDOWN_FS";
     default:
       return "OP" + std::to_string(op);
   }
@@ -213,6 +227,25 @@ Result<std::vector<std::byte>> KernelModel::Call(uint32_t opcode, uint64_t nodei
   }
 }
 
+Result<void> KernelModel::SendOnly(uint32_t opcode, uint64_t nodeid,
+                                   std::span<const std::byte> arg) {
+  if (!requests_.valid()) return Unexpected(ENODEV);
+  abi::fuse_in_header h{};
+  h.len = static_cast<uint32_t>(sizeof(h) + arg.size());
+  h.opcode = opcode;
+  h.unique = next_unique_;
+  next_unique_ += 2;
+  h.nodeid = nodeid;
+  h.pid = static_cast<uint32_t>(getpid());
+  iovec iov[2] = {{&h, sizeof(h)}, {const_cast<std::byte*>(arg.data()), arg.size()}};
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = 2;
+  if (::sendmsg(requests_.get(), &msg, MSG_NOSIGNAL) < 0) return Unexpected(ENODEV);
+  counters_.upcalls[OpName(opcode)]++;
+  return {};
+}
+
 void KernelModel::ServeControl() {
   std::vector<std::byte> buf(1 << 16);
   iovec iov{buf.data(), buf.size()};
@@ -279,6 +312,28 @@ int64_t KernelModel::HandleControl(uint32_t kind, std::span<const std::byte> pay
     }
     case session::kControlBackingClose:
       return -EBUSY;  // v7: iomap devices live until unmount
+    case session::kControlSetBlocksize: {
+      // §11.2: iomap mode (EOPNOTSUPP), a registered id (ENOENT), a valid block size.
+      if (!iomap_) return -EOPNOTSUPP;
+      abi::fuse_iomap_backing_info info;
+      if (!Parse(payload, &info)) return -EINVAL;
+      auto it = backing_.find(info.backing_id);
+      if (it == backing_.end()) return -ENOENT;
+      uint32_t bs = info.blocksize;
+      if (bs < 512 || bs > 65536 || (bs & (bs - 1)) != 0) return -EINVAL;
+      it->second.block_size = bs;
+      counters_.set_blocksize++;
+      return 0;
+    }
+    case session::kControlSetNofs: {
+      // §11.3: 1 sets, 0 clears; anything else is EINVAL. The model has no reclaim to avoid.
+      uint32_t v;
+      if (!Parse(payload, &v)) return -EINVAL;
+      if (v > 1) return -EINVAL;
+      if (!iomap_) return -EPERM;
+      if (v == 1) counters_.set_nofs++;
+      return 0;
+    }
     case session::kControlBpfAttach:
       if (!iomap_) return -EOPNOTSUPP;
       bpf_prog_ = std::move(fd);  // none: detach
@@ -321,6 +376,7 @@ int64_t KernelModel::HandleNotify(std::span<const std::byte> msg) {
       counters_.upserts++;
       // A disabled cache declines, as a device of size 0 would ("declined to cache", §12.3).
       if (!options_.cache) return -EINVAL;
+      const uint64_t discards = in->cache.read.discards() + in->cache.write.discards();
       if (u.read.type != abi::FUSE_IOMAP_TYPE_NOCACHE) in->cache.read.Upsert(u.read, cache_limit_);
       if (u.write.type == abi::FUSE_IOMAP_TYPE_PURE_OVERWRITE && !in->cache.write_fork_exists) {
         // no-op: a nonexistent write fork already means "pure overwrite" (§12.1)
@@ -330,6 +386,9 @@ int64_t KernelModel::HandleNotify(std::span<const std::byte> msg) {
       }
       in->has_cache = true;
       in->cache.seq++;
+      counters_.fork_discards += in->cache.read.discards() + in->cache.write.discards() - discards;
+      counters_.max_fork_records = std::max<uint64_t>(
+          {counters_.max_fork_records, in->cache.read.records(), in->cache.write.records()});
       return 0;
     }
     case abi::FUSE_NOTIFY_IOMAP_INVAL_MAPPINGS: {
@@ -548,6 +607,99 @@ Result<void> KernelModel::Release(uint64_t nodeid, uint64_t fh) {
   in.fh = fh;
   IOMAPFS_TRY(Call(abi::FUSE_RELEASE, nodeid, Bytes(in)));
   return {};
+}
+
+Result<std::pair<uint64_t, uint64_t>> KernelModel::Create(uint64_t parent, const std::string& name,
+                                                          uint32_t mode) {
+  abi::fuse_create_in in{};
+  in.flags = O_RDWR | O_CREAT;
+  in.mode = mode;
+  std::vector<std::byte> arg(sizeof(in) + name.size() + 1);
+  std::memcpy(arg.data(), &in, sizeof(in));
+  std::memcpy(arg.data() + sizeof(in), name.data(), name.size());
+  IOMAPFS_ASSIGN_OR_RETURN(std::vector<std::byte> r, Call(abi::FUSE_CREATE, parent, arg));
+  abi::fuse_entry_out e;
+  abi::fuse_open_out o;
+  if (r.size() != sizeof(e) + sizeof(o)) return Unexpected(EPROTO);
+  std::memcpy(&e, r.data(), sizeof(e));
+  std::memcpy(&o, r.data() + sizeof(e), sizeof(o));
+  if (e.nodeid == 0) return Unexpected(EPROTO);
+  return std::make_pair(Instantiate(e).nodeid, o.fh);
+}
+
+Result<void> KernelModel::Unlink(uint64_t parent, const std::string& name) {
+  std::vector<std::byte> arg(name.size() + 1);
+  std::memcpy(arg.data(), name.data(), name.size());
+  IOMAPFS_TRY(Call(abi::FUSE_UNLINK, parent, arg));
+  return {};
+}
+
+Result<void> KernelModel::Evict(uint64_t nodeid) {
+  auto it = inodes_.find(nodeid);
+  if (it == inodes_.end()) return Unexpected(EBADF);
+  abi::fuse_forget_in f{};
+  f.nlookup = it->second->nlookup;
+  inodes_.erase(it);  // page cache and mapping cache go with the inode (§12.1)
+  return SendOnly(abi::FUSE_FORGET, nodeid, Bytes(f));
+}
+
+Result<void> KernelModel::Syncfs() {
+  for (auto& [id, in] : inodes_) IOMAPFS_TRY(Writeback(id));
+  abi::fuse_syncfs_in in{};
+  IOMAPFS_TRY(Call(abi::FUSE_SYNCFS, abi::FUSE_ROOT_ID, Bytes(in)));
+  return {};
+}
+
+Result<void> KernelModel::Freeze(uint64_t unlinked) {
+  if (!iomap_) return Unexpected(EOPNOTSUPP);  // FREEZE_FS is sent only in iomap mode (§8)
+  for (auto& [id, in] : inodes_) IOMAPFS_TRY(Writeback(id));  // the first stage: sync data
+  abi::fuse_freezefs_in in{};
+  in.unlinked = unlinked;
+  Result<std::vector<std::byte>> r = Call(abi::FUSE_FREEZE_FS, abi::FUSE_ROOT_ID, Bytes(in));
+  if (!r) return Unexpected(r.error() == ENOSYS ? EOPNOTSUPP : r.error());
+  frozen_ = true;
+  return {};
+}
+
+Result<void> KernelModel::Unfreeze() {
+  if (!iomap_) return Unexpected(EOPNOTSUPP);
+  Result<std::vector<std::byte>> r = Call(abi::FUSE_UNFREEZE_FS, abi::FUSE_ROOT_ID, {});
+  if (!r && r.error() != ENOSYS) return Unexpected(r.error());
+  frozen_ = false;
+  return {};
+}
+
+Result<void> KernelModel::Shutdown() {
+  if (!iomap_) return Unexpected(EOPNOTSUPP);
+  abi::fuse_shutdownfs_in in{};
+  (void)Call(abi::FUSE_SHUTDOWN_FS, abi::FUSE_ROOT_ID, Bytes(in));  // the reply is ignored (§8)
+  return {};
+}
+
+Result<abi::fuse_iomap_io> KernelModel::BeginOp(uint64_t nodeid, uint64_t pos, uint64_t count,
+                                                uint32_t opflags) {
+  Inode* ip = Find(nodeid);
+  if (ip == nullptr) return Unexpected(EBADF);
+  return Begin(*ip, pos, count, opflags);
+}
+
+std::vector<abi::fuse_iomap_io> KernelModel::CachedReadMappings(uint64_t nodeid) {
+  std::vector<abi::fuse_iomap_io> out;
+  Inode* ip = Find(nodeid);
+  if (ip == nullptr || !ip->has_cache) return out;
+  for (uint64_t pos = 0;;) {
+    // Walk the fork by probing record starts: Find(pos) or the next record.
+    std::optional<abi::fuse_iomap_io> r = ip->cache.read.Find(pos);
+    if (!r) r = ip->cache.read.Next(pos);
+    if (!r) return out;
+    out.push_back(*r);
+    pos = r->offset + r->length;
+  }
+}
+
+uint32_t KernelModel::device_block_size(uint32_t id) const {
+  auto it = backing_.find(id);
+  return it == backing_.end() ? 0 : it->second.block_size;
 }
 
 void KernelModel::DropCaches() {
@@ -818,6 +970,7 @@ Result<void> KernelModel::Write(uint64_t nodeid, uint64_t offset, std::span<cons
   Inode& in = *ip;
   if (!IomapInode(in)) return Unexpected(EOPNOTSUPP);
   if (data.empty()) return {};
+  if (frozen_) return Unexpected(EAGAIN);  // the kernel would block in sb_start_write
   const uint64_t bs = block_size_;
   const uint64_t end = offset + data.size();
   if (end > max_bytes_) return Unexpected(EFBIG);
@@ -834,10 +987,15 @@ Result<void> KernelModel::Write(uint64_t nodeid, uint64_t offset, std::span<cons
         return Unexpected(EIO);
       }
       uint64_t stop = std::min(end, m.offset + m.length);
-      IOMAPFS_TRY(DeviceWrite(m, p, data.subspan(p - offset, stop - p)));
       uint32_t flags = abi::FUSE_IOMAP_IOEND_DIRECT;
       if (m.type == abi::FUSE_IOMAP_TYPE_UNWRITTEN) flags |= abi::FUSE_IOMAP_IOEND_UNWRITTEN;
       if (stop > in.disk_size) flags |= abi::FUSE_IOMAP_IOEND_APPEND;
+      if (fail_data_writes_) {
+        // §6.3: a failed direct write still ends with an IOEND carrying the error.
+        (void)SendIoend(in, flags, p, stop - p, -EIO);
+        return Unexpected(EIO);
+      }
+      IOMAPFS_TRY(DeviceWrite(m, p, data.subspan(p - offset, stop - p)));
       in.size = std::max(in.size, stop);
       IOMAPFS_TRY(SendIoend(in, flags, p, stop - p, 0));
       AfterWriteCompletion(in, p, stop - p);
@@ -950,15 +1108,21 @@ Result<void> KernelModel::WritebackRange(Inode& in, uint64_t first_blk, uint64_t
         return Unexpected(EIO);
       }
       uint64_t stop = std::min(b * bs, m.offset + m.length);
-      for (uint64_t q = p; q < stop; q += bs) {
-        IOMAPFS_TRY(DeviceWrite(m, q, in.dirty.at(q / bs)));
-        in.dirty.erase(q / bs);
-      }
       // The ioend ends at EOF (the tail of the EOF block is not file data).
       uint64_t written = std::min(stop, std::max(in.size, p)) - p;
       uint32_t flags = abi::FUSE_IOMAP_IOEND_WRITEBACK;
       if (m.type == abi::FUSE_IOMAP_TYPE_UNWRITTEN) flags |= abi::FUSE_IOMAP_IOEND_UNWRITTEN;
       if (p + written > in.disk_size) flags |= abi::FUSE_IOMAP_IOEND_APPEND;
+      if (fail_data_writes_) {
+        // §4.6, §6.3: the failed folios are discarded and the IOEND carries the error.
+        for (uint64_t q = p; q < stop; q += bs) in.dirty.erase(q / bs);
+        (void)SendIoend(in, flags, p, written, -EIO);
+        return Unexpected(EIO);
+      }
+      for (uint64_t q = p; q < stop; q += bs) {
+        IOMAPFS_TRY(DeviceWrite(m, q, in.dirty.at(q / bs)));
+        in.dirty.erase(q / bs);
+      }
       IOMAPFS_TRY(SendIoend(in, flags, p, written, 0));
       AfterWriteCompletion(in, p, stop - p);
       p = stop;
@@ -981,6 +1145,7 @@ Result<void> KernelModel::Fsync(uint64_t nodeid, uint64_t fh) {
 }
 
 Result<void> KernelModel::Truncate(uint64_t nodeid, uint64_t size) {
+  if (frozen_) return Unexpected(EAGAIN);  // the kernel would block in sb_start_write
   Inode* ip = Find(nodeid);
   if (ip == nullptr) return Unexpected(EBADF);
   Inode& in = *ip;
@@ -1010,6 +1175,7 @@ Result<void> KernelModel::Truncate(uint64_t nodeid, uint64_t size) {
 }
 
 Result<void> KernelModel::Punch(uint64_t nodeid, uint64_t fh, uint64_t offset, uint64_t length) {
+  if (frozen_) return Unexpected(EAGAIN);  // the kernel would block in sb_start_write
   Inode* ip = Find(nodeid);
   if (ip == nullptr) return Unexpected(EBADF);
   Inode& in = *ip;

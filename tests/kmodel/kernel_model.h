@@ -34,6 +34,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/result.h"
@@ -81,6 +82,10 @@ struct ModelCounters {
   uint64_t rejected_replies = 0;  // BEGIN replies / BPF answers failing §4.5
   uint64_t ioends = 0;
   uint64_t ends = 0;
+  uint64_t max_fork_records = 0;  // the most records any fork held after an UPSERT
+  uint64_t fork_discards = 0;     // whole-fork discards at the per-fork limit (§12.1)
+  uint64_t set_blocksize = 0;     // FUSE_DEV_IOC_IOMAP_SET_BLOCKSIZE calls (§11.2)
+  uint64_t set_nofs = 0;          // FUSE_DEV_IOC_SET_NOFS(1) calls (§11.3)
   uint64_t Upcalls(const std::string& op) const;
   uint64_t BeginUpcalls() const;
   std::string Format() const;
@@ -146,6 +151,37 @@ class KernelModel {
   Result<uint64_t> Swapon(uint64_t nodeid);
   Result<void> Swapoff(uint64_t nodeid);
 
+  // FUSE_CREATE (O_RDWR) of a regular file; the new inode is instantiated.
+  // Returns: {nodeid, fh}. Errors: the server's errno.
+  Result<std::pair<uint64_t, uint64_t>> Create(uint64_t parent, const std::string& name,
+                                               uint32_t mode = 0100644);
+  // FUSE_UNLINK. The in-kernel inode lives on while referenced, as in the kernel.
+  Result<void> Unlink(uint64_t parent, const std::string& name);
+  // Evicts the inode: drops its page cache and mapping cache and sends FUSE_FORGET with its
+  // lookup count (no reply). Errors: EBADF unknown node; ENODEV connection gone.
+  Result<void> Evict(uint64_t nodeid);
+  // syncfs(2): writes back every inode, then FUSE_SYNCFS (always enabled in iomap mode, §8).
+  Result<void> Syncfs();
+  // FIFREEZE (§8): writes back every inode, then FREEZE_FS with `unlinked`. Until Unfreeze,
+  // Write/Truncate/Punch answer EAGAIN where the kernel would block in sb_start_write.
+  // Errors: EOPNOTSUPP (the server answered ENOSYS), the server's errno.
+  Result<void> Freeze(uint64_t unlinked = 0);
+  // FITHAW (§8): UNFREEZE_FS; ENOSYS counts as success.
+  Result<void> Unfreeze();
+  // The VFS ->shutdown super-operation (§8): SHUTDOWN_FS with flags 0.
+  Result<void> Shutdown();
+  // Fault injection: every data write to the device fails with EIO, as a failing bio. The model
+  // then sends the IOEND with the error (§6.3) and discards the failed pages (writeback).
+  void FailDataWrites(bool fail) { fail_data_writes_ = fail; }
+  // iomap_begin for one op (cache, BPF, upcall), for tests that probe the server's answers.
+  // Returns: the mapping the op acts on. Errors: the server's errno, EUCLEAN rejected.
+  Result<abi::fuse_iomap_io> BeginOp(uint64_t nodeid, uint64_t pos, uint64_t count,
+                                     uint32_t opflags);
+  // The read-fork records cached for the inode (empty without a cache).
+  std::vector<abi::fuse_iomap_io> CachedReadMappings(uint64_t nodeid);
+  // Block size the server set on backing device `id` with SET_BLOCKSIZE (0: never set).
+  uint32_t device_block_size(uint32_t id) const;
+
   // Drops every cached mapping of every inode (as eviction would).
   void DropCaches();
   ModelCounters& counters() { return counters_; }
@@ -159,6 +195,7 @@ class KernelModel {
   struct Backing {
     UniqueFd fd;
     uint64_t size = 0;
+    uint32_t block_size = 0;  // set by SET_BLOCKSIZE
   };
 
   // Sends one request and waits for its reply, serving control messages meanwhile.
@@ -167,6 +204,8 @@ class KernelModel {
                                       std::span<const std::byte> arg,
                                       std::span<const std::byte> extra = {});
   void ServeControl();
+  // Sends a request that has no reply (FORGET).
+  Result<void> SendOnly(uint32_t opcode, uint64_t nodeid, std::span<const std::byte> arg);
   int64_t HandleControl(uint32_t kind, std::span<const std::byte> payload, UniqueFd fd);
   int64_t HandleNotify(std::span<const std::byte> msg);
 
@@ -204,6 +243,8 @@ class KernelModel {
   uint32_t cache_limit_ = 262144;
   bool end_enabled_ = true;    // cleared when the server answers END with ENOSYS
   bool ioend_enabled_ = true;  // cleared when the server answers IOEND with ENOSYS
+  bool frozen_ = false;
+  bool fail_data_writes_ = false;
   uint64_t next_unique_ = 2;
   std::map<uint32_t, Backing> backing_;
   uint32_t next_backing_ = 1;

@@ -81,4 +81,10 @@ std::optional<abi::fuse_iomap_io> ModelFork::Find(uint64_t pos) const {
   return std::nullopt;
 }
 
+std::optional<abi::fuse_iomap_io> ModelFork::Next(uint64_t pos) const {
+  auto it = map_.lower_bound(pos);
+  if (it == map_.end()) return std::nullopt;
+  return it->second;
+}
+
 }  // namespace iomapfs::kmodel

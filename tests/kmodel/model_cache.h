@@ -26,6 +26,8 @@ class ModelFork {
   void Remove(uint64_t offset, uint64_t length);
   // The record covering pos, if any.
   std::optional<abi::fuse_iomap_io> Find(uint64_t pos) const;
+  // The first record starting at or after pos, if any.
+  std::optional<abi::fuse_iomap_io> Next(uint64_t pos) const;
   size_t records() const { return map_.size(); }
   uint64_t bytes() const { return map_.size() * sizeof(abi::fuse_iomap_io); }
   uint64_t discards() const { return discards_; }

@@ -1,0 +1,332 @@
+// Protocol corners through the kernel MODEL (no real iomap kernel is involved): NOWAIT, failed
+// I/O completions (error IOENDs), FREEZE/UNFREEZE/SHUTDOWN/SYNCFS (§8), a small kernel cache
+// limit (§12.1), swapfile activation after writes (§4.8), the cache of an unlinked file whose
+// blocks are reused (§12), and the SET_BLOCKSIZE / SET_NOFS device ioctls (§11.2, §11.3) as
+// model messages.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "tests/kmodel/harness.h"
+#include "tests/support/test_util.h"
+
+namespace iomapfs::kmodel {
+namespace {
+
+namespace tu = ::iomapfs::testing;
+
+std::vector<std::byte> Pattern(size_t n, uint8_t seed) {
+  std::vector<std::byte> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<std::byte>(seed + i * 7 + (i >> 12));
+  return v;
+}
+
+bool AllZero(const std::vector<std::byte>& v) {
+  return std::all_of(v.begin(), v.end(), [](std::byte b) { return b == std::byte{0}; });
+}
+
+class KmodelProtocolTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    src_ = dir_.Sub("src");
+    ASSERT_EQ(mkdir(src_.c_str(), 0755), 0);
+    // Old contents that must never show through a failed write into reused blocks.
+    std::vector<std::byte> old(2 << 20, std::byte{0xAB});
+    ASSERT_TRUE(tu::WriteFile(src_ + "/old.bin",
+                              std::string(reinterpret_cast<const char*>(old.data()), old.size())));
+    image_ = dir_.Sub("fs.img");
+    ASSERT_EQ(tu::MakeImage(image_, 64 << 20, "ext4", {"-b", "4096"}, src_), "");
+  }
+
+  std::unique_ptr<ModelHarness> Start(ServerConfig s = {}, ModelOptions m = {}) {
+    s.read_write = true;
+    std::unique_ptr<ModelHarness> h;
+    EXPECT_EQ(ModelHarness::Start(image_, s, m, &h), "");
+    return h;
+  }
+
+  void StopAndFsck(std::unique_ptr<ModelHarness>& h) {
+    EXPECT_EQ(h->Stop(), "");
+    std::string out;
+    EXPECT_TRUE(tu::FsckClean(image_, &out)) << out;
+  }
+
+  tu::TempDir dir_;
+  std::string src_, image_;
+};
+
+// §4.3 NOWAIT (v7: the upcall carries OP_NOWAIT): a write that would allocate answers EAGAIN
+// and allocates nothing; the caller retries without NOWAIT (as io_uring punts to a worker).
+TEST_F(KmodelProtocolTest, NowaitWriteOverHoleIsEagainThenRetrySucceeds) {
+  auto h = Start();
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "nw");
+  const auto data = Pattern(64 << 10, 3);
+  const uint64_t allocations = h->dispatcher().iomap().stats().allocations.load();
+  for (bool direct : {true, false}) {
+    auto w = km.Write(node, 0, data, direct, /*nowait=*/true);
+    ASSERT_FALSE(w);
+    EXPECT_EQ(w.error(), EAGAIN) << "direct=" << direct;
+  }
+  EXPECT_EQ(h->dispatcher().iomap().stats().allocations.load(), allocations);
+  ASSERT_TRUE(km.Write(node, 0, data, /*direct=*/true));  // the retry without NOWAIT
+  // Overwriting allocated storage never blocks: NOWAIT succeeds.
+  km.DropCaches();
+  const auto again = Pattern(64 << 10, 9);
+  ASSERT_TRUE(km.Write(node, 0, again, /*direct=*/true, /*nowait=*/true));
+  auto got = km.Read(node, 0, again.size());
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, again);
+  ASSERT_TRUE(km.Release(node, fh));
+  StopAndFsck(h);
+}
+
+// §6.3/§6.4: failed I/O ends with an IOEND carrying the error. The server converts nothing, so
+// the range keeps reading as zeros even where the blocks held another file's data before.
+TEST_F(KmodelProtocolTest, FailedWritesLeaveZerosNotStaleData) {
+  auto h = Start();
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  ASSERT_TRUE(km.Unlink(abi::FUSE_ROOT_ID, "old.bin"));  // frees 2 MiB of 0xAB blocks
+  auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "new");
+  km.FailDataWrites(true);
+  const uint64_t ioends = h->dispatcher().iomap().stats().ioends.load();
+  ASSERT_TRUE(km.Write(node, 0, Pattern(1 << 20, 1)));  // lands in the page cache
+  auto f = km.Fsync(node, fh);                          // writeback fails
+  ASSERT_FALSE(f);
+  EXPECT_EQ(f.error(), EIO);
+  auto d = km.Write(node, 1 << 20, Pattern(256 << 10, 2), /*direct=*/true);
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error(), EIO);
+  EXPECT_GE(h->dispatcher().iomap().stats().ioends.load(), ioends + 2);
+  km.FailDataWrites(false);
+
+  km.DropCaches();
+  auto got = km.Read(node, 0, km.Size(node));
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->size(), 1u << 20);
+  EXPECT_TRUE(AllZero(*got)) << "stale or unconverted data became visible";
+  auto direct = km.Read(node, 0, (1 << 20) + (256 << 10), /*direct=*/true);
+  ASSERT_TRUE(direct);
+  EXPECT_TRUE(AllZero(*direct));
+  ASSERT_TRUE(km.Release(node, fh));
+  StopAndFsck(h);
+}
+
+// §8: SYNCFS, FREEZE (the model blocks writers as sb_start_write would; the server itself takes
+// no new allocations while frozen), UNFREEZE resumes, SHUTDOWN makes BEGIN fail with EIO.
+TEST_F(KmodelProtocolTest, FreezeUnfreezeShutdownSyncfs) {
+  auto h = Start();
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "fz");
+  const auto a = Pattern(64 << 10, 5);
+  ASSERT_TRUE(km.Write(node, 0, a));
+  ASSERT_TRUE(km.Syncfs());
+  EXPECT_EQ(km.counters().Upcalls("SYNCFS"), 1u);
+
+  ASSERT_TRUE(km.Freeze());
+  std::string out;
+  EXPECT_TRUE(tu::FsckClean(image_, &out)) << "frozen image:\n" << out;
+  auto w = km.Write(node, 1 << 20, a);
+  ASSERT_FALSE(w);
+  EXPECT_EQ(w.error(), EAGAIN);
+  auto alloc = km.BeginOp(node, 1 << 20, 4096, abi::FUSE_IOMAP_OP_WRITE);
+  ASSERT_FALSE(alloc);
+  EXPECT_EQ(alloc.error(), EROFS);  // the server refuses changes while frozen
+  auto existing = km.BeginOp(node, 0, 4096, 0);
+  ASSERT_TRUE(existing);
+  EXPECT_EQ(existing->type, abi::FUSE_IOMAP_TYPE_MAPPED);
+  auto got = km.Read(node, 0, a.size());
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, a);
+
+  ASSERT_TRUE(km.Unfreeze());
+  ASSERT_TRUE(km.Write(node, 1 << 20, a));
+  ASSERT_TRUE(km.Fsync(node, fh));
+  got = km.Read(node, 1 << 20, a.size());
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, a);
+
+  ASSERT_TRUE(km.Shutdown());
+  km.DropCaches();
+  auto b = km.BeginOp(node, 0, 4096, 0);
+  ASSERT_FALSE(b);
+  EXPECT_EQ(b.error(), EIO);
+  auto r = km.Read(node, 0, 4096);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), EIO);
+  (void)km.Release(node, fh);
+  StopAndFsck(h);
+}
+
+// §7, §12.1: with a 256-byte (8-record) per-fork limit advertised in CONFIG, the server never
+// pushes a fork over it (the model would discard the whole fork), on a file of ~64 mappings.
+TEST_F(KmodelProtocolTest, SmallKernelCacheLimitIsRespected) {
+  ModelOptions m;
+  m.cache_maxbytes = 256;
+  m.bpf = false;
+  auto h = Start(ServerConfig{}, m);
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "frag");
+  const uint64_t bs = km.block_size();
+  std::vector<std::byte> want(64 * bs);
+  for (uint64_t i = 0; i < 64; i += 2) {  // every other block: 32 extents and 32 holes
+    auto blk = Pattern(bs, static_cast<uint8_t>(i));
+    ASSERT_TRUE(km.Write(node, i * bs, blk, /*direct=*/true));
+    std::copy(blk.begin(), blk.end(), want.begin() + static_cast<ptrdiff_t>(i * bs));
+  }
+  ASSERT_TRUE(km.Release(node, fh));
+  for (int pass = 0; pass < 3; ++pass) {
+    auto fh2 = km.Open(node, O_RDONLY);
+    ASSERT_TRUE(fh2);
+    auto got = km.Read(node, 0, want.size() - bs);
+    ASSERT_TRUE(got);
+    EXPECT_TRUE(std::equal(got->begin(), got->end(), want.begin()));
+    ASSERT_TRUE(km.Release(node, *fh2));
+  }
+  EXPECT_GT(km.counters().upserts, 8u);
+  EXPECT_LE(km.counters().max_fork_records * sizeof(abi::fuse_iomap_io), 256u);
+  EXPECT_EQ(km.counters().fork_discards, 0u) << km.counters().Format();
+  EXPECT_TRUE(km.rejections().empty());
+  StopAndFsck(h);
+}
+
+// §4.8 (mainline iomap swapfile rules): a fully written file activates; holes are refused.
+// UNWRITTEN extents are acceptable to iomap_swapfile_activate (MAPPED or UNWRITTEN), so a file
+// whose writes failed (left unwritten) activates too; F_DIRTY mappings are refused, and the
+// server never reports F_DIRTY to REPORT queries once the data is written back.
+TEST_F(KmodelProtocolTest, SwapfileActivationAfterWrites) {
+  auto h = Start();
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  auto [full, fh1] = *km.Create(abi::FUSE_ROOT_ID, "swap");
+  ASSERT_TRUE(km.Write(full, 0, Pattern(1 << 20, 1)));  // buffered; swapon writes it back
+  auto pages = km.Swapon(full);
+  ASSERT_TRUE(pages) << strerror(pages.error());
+  EXPECT_EQ(*pages, (1u << 20) / 4096);
+  EXPECT_TRUE(km.Swapoff(full));
+
+  auto [holey, fh2] = *km.Create(abi::FUSE_ROOT_ID, "holey");
+  ASSERT_TRUE(km.Write(holey, 0, Pattern(64 << 10, 2)));
+  ASSERT_TRUE(km.Write(holey, 1 << 20, Pattern(64 << 10, 3)));
+  auto s2 = km.Swapon(holey);
+  ASSERT_FALSE(s2);
+  EXPECT_EQ(s2.error(), EINVAL);
+
+  auto [unw, fh3] = *km.Create(abi::FUSE_ROOT_ID, "unwritten");
+  km.FailDataWrites(true);
+  ASSERT_TRUE(km.Write(unw, 0, Pattern(256 << 10, 4)));
+  EXPECT_FALSE(km.Writeback(unw));
+  km.FailDataWrites(false);
+  auto report = km.BeginOp(unw, 0, 4096, abi::FUSE_IOMAP_OP_REPORT);
+  ASSERT_TRUE(report);
+  EXPECT_EQ(report->type, abi::FUSE_IOMAP_TYPE_UNWRITTEN);
+  auto s3 = km.Swapon(unw);
+  ASSERT_TRUE(s3);
+  EXPECT_EQ(*s3, (256u << 10) / 4096);
+  EXPECT_TRUE(km.Swapoff(unw));
+  for (auto [n, fh] : {std::pair{full, fh1}, {holey, fh2}, {unw, fh3}}) {
+    ASSERT_TRUE(km.Release(n, fh));
+  }
+  StopAndFsck(h);
+}
+
+// §12: the blocks of an unlinked file are freed only when the kernel forgets its inode (FORGET
+// of the last lookup reference, i.e. eviction, which also frees the inode's mapping cache), so
+// a cached mapping of the unlinked file can never point at blocks another file reuses. One
+// server worker keeps FORGET ordered before the next CREATE.
+TEST_F(KmodelProtocolTest, UnlinkedFilesCacheNeverServesReusedBlocks) {
+  ServerConfig s;
+  s.workers = 1;
+  auto h = Start(s);
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  auto [a, fha] = *km.Create(abi::FUSE_ROOT_ID, "a");
+  const auto da = Pattern(256 << 10, 11);
+  ASSERT_TRUE(km.Write(a, 0, da, /*direct=*/true));
+  km.DropCaches();
+  ASSERT_TRUE(km.Read(a, 0, da.size()));  // fills the cache (RETRY_CACHE)
+  const std::vector<abi::fuse_iomap_io> cached = km.CachedReadMappings(a);
+  ASSERT_FALSE(cached.empty());
+  auto overlaps = [&](const std::vector<FiemapExtent>& ext) {
+    for (const FiemapExtent& e : ext) {
+      for (const abi::fuse_iomap_io& c : cached) {
+        if (c.type != abi::FUSE_IOMAP_TYPE_MAPPED && c.type != abi::FUSE_IOMAP_TYPE_UNWRITTEN) {
+          continue;
+        }
+        if (e.physical < c.addr + c.length && c.addr < e.physical + e.length) return true;
+      }
+    }
+    return false;
+  };
+
+  ASSERT_TRUE(km.Unlink(abi::FUSE_ROOT_ID, "a"));  // a is still open and referenced
+  auto [b, fhb] = *km.Create(abi::FUSE_ROOT_ID, "b");
+  const auto db = Pattern(4 << 20, 22);
+  ASSERT_TRUE(km.Write(b, 0, db, /*direct=*/true));
+  auto fb = km.Fiemap(b);
+  ASSERT_TRUE(fb);
+  EXPECT_FALSE(overlaps(*fb)) << "blocks of a referenced unlinked file were reused";
+  auto got = km.Read(a, 0, da.size());  // served from a's cache: still a's own blocks
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, da);
+
+  ASSERT_TRUE(km.Release(a, fha));
+  ASSERT_TRUE(km.Evict(a));                 // FORGET: the server frees a's blocks now
+  EXPECT_FALSE(km.BeginOp(a, 0, 4096, 0));  // nothing of a is left to serve
+  auto [c, fhc] = *km.Create(abi::FUSE_ROOT_ID, "c");
+  const auto dc = Pattern(4 << 20, 33);
+  ASSERT_TRUE(km.Write(c, 0, dc, /*direct=*/true));
+  auto fc = km.Fiemap(c);
+  ASSERT_TRUE(fc);
+  printf("c reuses a's freed blocks: %s\n", overlaps(*fc) ? "yes" : "no");
+  for (auto [n, want] : {std::pair{b, &db}, {c, &dc}}) {
+    got = km.Read(n, 0, want->size());
+    ASSERT_TRUE(got);
+    EXPECT_TRUE(*got == *want);
+  }
+  EXPECT_TRUE(km.rejections().empty());
+  ASSERT_TRUE(km.Release(b, fhb));
+  ASSERT_TRUE(km.Release(c, fhc));
+  StopAndFsck(h);
+}
+
+// §11.2, §11.3: at CONFIG the server sets the registered device's block size to the fs block
+// size, and every server thread that serves iomap requests sets NOFS on itself once. On a real
+// kernel these are ioctls on /dev/fuse (FuseDevChannel), UNTESTED there: no kernel here offers
+// FUSE_IOMAP. Here they are model messages.
+TEST_F(KmodelProtocolTest, SetBlocksizeAndNofsReachTheKernelSide) {
+  ServerConfig s;
+  s.workers = 2;
+  s.iomap.cache = false;  // every read is a BEGIN upcall
+  auto h = Start(s);
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  EXPECT_EQ(km.counters().set_blocksize, 1u);
+  EXPECT_EQ(km.device_block_size(h->dispatcher().iomap().backing_id()), km.block_size());
+  auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "n");
+  ASSERT_TRUE(km.Write(node, 0, Pattern(64 << 10, 1), /*direct=*/true));
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(km.Read(node, 0, 4096));
+  EXPECT_GE(km.counters().set_nofs, 1u);
+  EXPECT_LE(km.counters().set_nofs, 2u);  // once per worker thread
+  ASSERT_TRUE(km.Release(node, fh));
+  StopAndFsck(h);
+
+  ModelOptions classic;
+  classic.offer_iomap = false;
+  auto c = Start(ServerConfig{}, classic);
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->model().counters().set_blocksize, 0u);
+  EXPECT_EQ(c->model().counters().set_nofs, 0u);
+  EXPECT_EQ(c->Stop(), "");
+}
+
+}  // namespace
+}  // namespace iomapfs::kmodel
