@@ -8,7 +8,8 @@
 //            per-connection bpf::Dispatcher (§13.2). Every thread serving CONFIG/BEGIN/END/IOEND
 //            sets SET_NOFS on itself once (§11.3). Both ioctls are UNTESTED against a real
 //            iomap kernel (the kernel model records them).
-//   LOOKUP   regular files get FUSE_ATTR_EXCLUSIVE|FUSE_ATTR_IOMAP (§1.5).
+//   LOOKUP   regular files get FUSE_ATTR_EXCLUSIVE|FUSE_ATTR_IOMAP (§1.5), and FUSE_ATTR_ATOMIC
+//            when untorn writes are allowed (§4.7, §14.7; decided at CONFIG).
 //   OPEN     pushes the file's mappings into the kernel cache (UPSERT, §12.3) within the
 //            kernel's per-fork limit, and installs the file's BPF program.
 //   BEGIN    reads, REPORT, DIRECT: the engine's mapping (whole extent); write ops over a hole
@@ -66,6 +67,13 @@ struct IomapOptions {
   // 256 KiB = 8192 records by default) bounds it too.
   size_t open_upsert_limit = 4096;
   uint32_t cache_maxbytes = 0;  // CONFIG CACHE_MAXBYTES; 0: the kernel's default
+  // Untorn writes (FUSE_ATTR_ATOMIC, §4.7) where §14.7 allows them: the kernel reports
+  // FUSE_IOMAP_SUPPORT_ATOMIC, the fs has extents, and the device's atomic write unit range
+  // (statx STATX_WRITE_ATOMIC) contains the fs block size. The atomic unit is one fs block.
+  bool atomic = true;
+  // Tests: the device's atomic write unit, min = max, instead of asking statx (0: ask). The
+  // kernel model's "device" is an image file, which reports no atomic writes.
+  uint32_t test_device_atomic_unit = 0;
   IomapFault fault = IomapFault::kNone;
 };
 
@@ -91,6 +99,8 @@ class IomapHandler {
   // minor FUSE_IOMAP_KERNEL_MINOR_VERSION); false: classic mode, nothing changes.
   bool Negotiate(uint64_t offered);
   bool enabled() const { return enabled_.load(std::memory_order_acquire); }
+  // Whether inodes get FUSE_ATTR_ATOMIC (decided at CONFIG).
+  bool atomic() const { return atomic_.load(std::memory_order_acquire); }
 
   // fuse_attr.flags for an inode of this mode (0 unless in iomap mode).
   uint32_t AttrFlags(uint32_t mode) const;
@@ -98,8 +108,9 @@ class IomapHandler {
   // Errors: EIO the image cannot be registered (no block device and no loop device), the
   // device registration's errno.
   Result<abi::fuse_iomap_config_out> Config(const wire::IomapConfigReq& r, ReplySink& sink);
-  // Errors: EINVAL attr_ino mismatch; EAGAIN NOWAIT would allocate; EUCLEAN a mapping failed
-  // the checker; as Filesystem::IomapRead / IomapWrite.
+  // Errors: EINVAL attr_ino mismatch or an ATOMIC op not exactly one block; EOPNOTSUPP ATOMIC
+  // without FUSE_ATTR_ATOMIC; EAGAIN NOWAIT would allocate; EUCLEAN a mapping failed the checker;
+  // as Filesystem::IomapRead / IomapWrite.
   Result<abi::fuse_iomap_begin_out> Begin(const wire::Request& req, const wire::IomapBeginReq& r,
                                           ReplySink& sink);
   Result<void> End(const wire::Request& req, const wire::IomapEndReq& r, ReplySink& sink);
@@ -138,6 +149,7 @@ class IomapHandler {
   ext4::Filesystem& fs_;
   const IomapOptions options_;
   std::atomic<bool> enabled_{false};
+  std::atomic<bool> atomic_{false};
   std::atomic<bool> frozen_{false};
   std::atomic<bool> shut_down_{false};
   std::atomic<uint32_t> dev_{0};  // backing id from BACKING_OPEN

@@ -40,6 +40,11 @@ class KernelControl {
   // FUSE_DEV_IOC_BACKING_CLOSE. Errors: EBUSY (v7 refuses for iomap devices), ENOENT.
   virtual Result<void> BackingClose(uint32_t backing_id) = 0;
 
+  // FUSE_DEV_IOC_IOMAP_SUPPORT (§1.2, §11.1): what iomap would be allowed on this connection.
+  // Returns: FUSE_IOMAP_SUPPORT_FILEIO | FUSE_IOMAP_SUPPORT_ATOMIC bits (0: none).
+  // Errors: ENOTTY (no such ioctl: not an iomap kernel).
+  virtual Result<uint64_t> IomapSupport() = 0;
+
   // FUSE_DEV_IOC_IOMAP_SET_BLOCKSIZE (§11.2): sets the soft block size of registered iomap
   // device `backing_id`, so that the server's own buffered I/O through the device cannot leave
   // page-cache pages that straddle file blocks written by iomap.

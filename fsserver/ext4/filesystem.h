@@ -252,6 +252,7 @@ class Filesystem {
     uint32_t max_links = 0;     // EXT4_LINK_MAX
     uint32_t time_gran = 0;     // ns: 1 with the extra timestamp fields, else 10^9
     int64_t time_min = 0, time_max = 0;
+    bool extents = false;  // the extents feature (atomic writes need it, §14.7)
   };
   IomapGeometry GetIomapGeometry();
 

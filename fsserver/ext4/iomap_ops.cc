@@ -51,6 +51,7 @@ Filesystem::IomapGeometry Filesystem::GetIomapGeometry() {
   uint32_t blkbits = static_cast<uint32_t>(__builtin_ctz(geo.block_size));
   geo.max_bytes = Ext4MaxSize(blkbits, ext2fs_has_feature_huge_file(sb));
   geo.max_links = 65000;  // EXT4_LINK_MAX
+  geo.extents = ext2fs_has_feature_extents(sb);
   // ext4_fill_super(): nanosecond timestamps and the 34-bit range need i_atime_extra, the last
   // of the extra time fields (offset 0x8C + 4 = 144 bytes of inode).
   const uint32_t inode_size = EXT2_INODE_SIZE(sb);

@@ -57,6 +57,14 @@ Result<void> FuseDevChannel::BackingClose(uint32_t backing_id) {
   return {};
 }
 
+Result<uint64_t> DiscoverIomap(int dev_fuse_fd) {
+  abi::fuse_iomap_support support{};
+  if (::ioctl(dev_fuse_fd, abi::FUSE_DEV_IOC_IOMAP_SUPPORT, &support) != 0) {
+    return Unexpected(errno);
+  }
+  return support.flags;
+}
+
 Result<void> FuseDevChannel::SetBlocksize(uint32_t backing_id, uint32_t blocksize) {
   abi::fuse_iomap_backing_info info{backing_id, blocksize};
   if (::ioctl(fd_, abi::FUSE_DEV_IOC_IOMAP_SET_BLOCKSIZE, &info) != 0) return Unexpected(errno);

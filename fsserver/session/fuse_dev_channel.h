@@ -22,6 +22,12 @@
 
 namespace iomapfs::session {
 
+// FUSE_DEV_IOC_IOMAP_SUPPORT on a /dev/fuse fd (spec §1.2), before or after mounting.
+// Returns: the FUSE_IOMAP_SUPPORT_* flags (0: iomap not allowed for this fd or caller).
+// Errors: ENOTTY (the kernel has no such ioctl: every kernel without fuse-iomap), EBADF.
+// UNTESTED against a real iomap kernel; on kernels without the extension it fails cleanly.
+Result<uint64_t> DiscoverIomap(int dev_fuse_fd);
+
 class FuseDevChannel final : public dispatch::ReplySink, public dispatch::KernelControl {
  public:
   // Borrows `fd` (not closed by this object).
@@ -48,8 +54,9 @@ class FuseDevChannel final : public dispatch::ReplySink, public dispatch::Kernel
   Result<uint32_t> BackingOpen(int fd, uint32_t flags) override;
   Result<void> BackingClose(uint32_t backing_id) override;
   Result<void> AttachBpf(int) override { return Unexpected(EOPNOTSUPP); }
-  // FUSE_DEV_IOC_IOMAP_SET_BLOCKSIZE / FUSE_DEV_IOC_SET_NOFS. UNTESTED against a real iomap
+  // FUSE_DEV_IOC_IOMAP_SUPPORT / _IOMAP_SET_BLOCKSIZE / _SET_NOFS. UNTESTED against a real iomap
   // kernel: only reached on an iomap connection, which no kernel here offers.
+  Result<uint64_t> IomapSupport() override { return DiscoverIomap(fd_); }
   Result<void> SetBlocksize(uint32_t backing_id, uint32_t blocksize) override;
   Result<void> SetNofs(bool on) override;
 

@@ -110,6 +110,11 @@ Result<void> SocketChannel::AttachBpf(int prog_fd) {
   return {};
 }
 
+Result<uint64_t> SocketChannel::IomapSupport() {
+  IOMAPFS_ASSIGN_OR_RETURN(int64_t flags, Call(kControlIomapSupport, {}, -1));
+  return static_cast<uint64_t>(flags);
+}
+
 Result<void> SocketChannel::SetBlocksize(uint32_t backing_id, uint32_t blocksize) {
   abi::fuse_iomap_backing_info info{backing_id, blocksize};
   iovec iov{&info, sizeof(info)};

@@ -43,6 +43,7 @@ enum ControlKind : uint32_t {
   kControlBpfAttach = 4,     // payload: none; + the program fd (none: detach)
   kControlSetBlocksize = 5,  // payload: abi::fuse_iomap_backing_info
   kControlSetNofs = 6,       // payload: u32 (1 set, 0 clear), for the calling server thread
+  kControlIomapSupport = 7,  // payload: none; result: the FUSE_IOMAP_SUPPORT_* flags
 };
 
 struct ControlHeader {
@@ -78,6 +79,7 @@ class SocketChannel final : public dispatch::ReplySink, public dispatch::KernelC
   Result<uint32_t> BackingOpen(int fd, uint32_t flags) override;
   Result<void> BackingClose(uint32_t backing_id) override;
   Result<void> AttachBpf(int prog_fd) override;
+  Result<uint64_t> IomapSupport() override;
   Result<void> SetBlocksize(uint32_t backing_id, uint32_t blocksize) override;
   Result<void> SetNofs(bool on) override;
 

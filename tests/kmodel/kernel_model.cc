@@ -325,6 +325,11 @@ int64_t KernelModel::HandleControl(uint32_t kind, std::span<const std::byte> pay
       counters_.set_blocksize++;
       return 0;
     }
+    case session::kControlIomapSupport:
+      // §1.2: allowed for this "fd" exactly when the model offers iomap.
+      if (!options_.offer_iomap) return 0;
+      return static_cast<int64_t>(abi::FUSE_IOMAP_SUPPORT_FILEIO |
+                                  (options_.offer_atomic ? abi::FUSE_IOMAP_SUPPORT_ATOMIC : 0));
     case session::kControlSetNofs: {
       // §11.3: 1 sets, 0 clears; anything else is EINVAL. The model has no reclaim to avoid.
       uint32_t v;
@@ -1048,6 +1053,36 @@ Result<void> KernelModel::Write(uint64_t nodeid, uint64_t offset, std::span<cons
     }
     p = stop;
   }
+  return {};
+}
+
+Result<void> KernelModel::AtomicWrite(uint64_t nodeid, uint64_t offset,
+                                      std::span<const std::byte> data) {
+  Inode* ip = Find(nodeid);
+  if (ip == nullptr) return Unexpected(EBADF);
+  Inode& in = *ip;
+  // No FMODE_CAN_ATOMIC_WRITE without FUSE_ATTR_ATOMIC (latched at instantiation, §1.5).
+  if (!IomapInode(in) || (in.flags & abi::FUSE_ATTR_ATOMIC) == 0) return Unexpected(EOPNOTSUPP);
+  if (frozen_) return Unexpected(EAGAIN);
+  const uint64_t bs = block_size_;
+  if (data.size() != bs || offset % bs != 0) return Unexpected(EINVAL);
+  IOMAPFS_TRY(WritebackRange(in, offset / bs, offset / bs + 1));
+  const uint32_t op =
+      abi::FUSE_IOMAP_OP_WRITE | abi::FUSE_IOMAP_OP_DIRECT | abi::FUSE_IOMAP_OP_ATOMIC;
+  IOMAPFS_ASSIGN_OR_RETURN(abi::fuse_iomap_io m, Begin(in, offset, bs, op));
+  // The reply passed §4.5 item 11 (MAPPED/UNWRITTEN with F_ATOMIC_BIO); one bio for the block.
+  if (m.offset > offset || m.offset + m.length < offset + bs) return Unexpected(EIO);
+  uint32_t flags = abi::FUSE_IOMAP_IOEND_DIRECT;
+  if (m.type == abi::FUSE_IOMAP_TYPE_UNWRITTEN) flags |= abi::FUSE_IOMAP_IOEND_UNWRITTEN;
+  if (offset + bs > in.disk_size) flags |= abi::FUSE_IOMAP_IOEND_APPEND;
+  if (fail_data_writes_) {
+    (void)SendIoend(in, flags, offset, bs, -EIO);
+    return Unexpected(EIO);
+  }
+  IOMAPFS_TRY(DeviceWrite(m, offset, data));
+  in.size = std::max(in.size, offset + bs);
+  IOMAPFS_TRY(SendIoend(in, flags, offset, bs, 0));
+  AfterWriteCompletion(in, offset, bs);
   return {};
 }
 

@@ -53,6 +53,9 @@ struct ModelOptions {
   // The kernel accepts only block devices for BACKING_OPEN; the model also accepts an image
   // file unless this is set (then: ENODEV, as the kernel).
   bool require_block_device = false;
+  // The FUSE_DEV_IOC_IOMAP_SUPPORT answer (§1.2): FILEIO whenever iomap is offered, ATOMIC too
+  // if this is set.
+  bool offer_atomic = false;
 };
 
 // Upcall kinds for BEGIN (by opflags).
@@ -133,6 +136,11 @@ class KernelModel {
   // nowait: RWF_NOWAIT (v7 behaviour: BEGIN is sent with OP_NOWAIT).
   Result<void> Write(uint64_t nodeid, uint64_t offset, std::span<const std::byte> data,
                      bool direct = false, bool nowait = false);
+  // pwritev2(RWF_ATOMIC) with O_DIRECT (§4.7): exactly one block, block-aligned, on a file that
+  // got FUSE_ATTR_ATOMIC; BEGIN with ATOMIC|DIRECT|WRITE bypasses the cache.
+  // Errors: EOPNOTSUPP no FUSE_ATTR_ATOMIC (or not an iomap inode); EINVAL not one aligned
+  // block; EIO a mapping without F_ATOMIC_BIO; the server's errno.
+  Result<void> AtomicWrite(uint64_t nodeid, uint64_t offset, std::span<const std::byte> data);
   // Writes back dirty pages of the file (WRITEBACK BEGINs, device writes, IOENDs).
   Result<void> Writeback(uint64_t nodeid);
   // Writeback, then FUSE_FSYNC.

@@ -2,7 +2,7 @@
 // I/O completions (error IOENDs), FREEZE/UNFREEZE/SHUTDOWN/SYNCFS (§8), a small kernel cache
 // limit (§12.1), swapfile activation after writes (§4.8), the cache of an unlinked file whose
 // blocks are reused (§12), and the SET_BLOCKSIZE / SET_NOFS device ioctls (§11.2, §11.3) as
-// model messages.
+// model messages, untorn (atomic) writes (§4.7).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -326,6 +326,61 @@ TEST_F(KmodelProtocolTest, SetBlocksizeAndNofsReachTheKernelSide) {
   EXPECT_EQ(c->model().counters().set_blocksize, 0u);
   EXPECT_EQ(c->model().counters().set_nofs, 0u);
   EXPECT_EQ(c->Stop(), "");
+}
+
+// §4.7, §14.7: untorn writes where allowed (the kernel's discovery reports ATOMIC and the
+// device's atomic unit range contains the fs block size): inodes get FUSE_ATTR_ATOMIC and
+// one-block RWF_ATOMIC direct writes get MAPPED/UNWRITTEN mappings with F_ATOMIC_BIO, never from
+// the cache. Elsewhere no inode gets the flag and RWF_ATOMIC is EOPNOTSUPP.
+TEST_F(KmodelProtocolTest, AtomicWritesWhereAllowed) {
+  ServerConfig s;
+  s.iomap.test_device_atomic_unit = 4096;
+  ModelOptions m;
+  m.offer_atomic = true;
+  auto h = Start(s, m);
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  EXPECT_TRUE(h->dispatcher().iomap().atomic());
+  auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "at");
+  EXPECT_NE(km.LatchedFlags(node) & abi::FUSE_ATTR_ATOMIC, 0u);
+  const uint64_t bs = km.block_size();
+  const auto one = Pattern(bs, 1);
+  ASSERT_TRUE(km.AtomicWrite(node, 0, one));  // over a hole: allocated first
+  ASSERT_TRUE(km.Write(node, bs, Pattern(bs, 7), /*direct=*/true));
+  auto got = km.Read(node, 0, bs);  // the cache now holds [0, 2 blocks)
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, one);
+  const uint64_t hits = km.counters().cache_hits;
+  const uint64_t begins = km.counters().Upcalls("IOMAP_BEGIN");
+  const auto two = Pattern(bs, 2);
+  ASSERT_TRUE(km.AtomicWrite(node, bs, two));  // an overwrite: still an upcall, not the cache
+  EXPECT_EQ(km.counters().cache_hits, hits);
+  EXPECT_EQ(km.counters().Upcalls("IOMAP_BEGIN"), begins + 1);
+  EXPECT_EQ(km.AtomicWrite(node, 0, Pattern(2 * bs, 3)).error(), EINVAL);  // not one block
+  EXPECT_EQ(km.AtomicWrite(node, 512, Pattern(bs, 3)).error(), EINVAL);    // not aligned
+  got = km.Read(node, 0, 2 * bs);
+  ASSERT_TRUE(got);
+  EXPECT_TRUE(std::equal(one.begin(), one.end(), got->begin()));
+  EXPECT_TRUE(std::equal(two.begin(), two.end(), got->begin() + static_cast<ptrdiff_t>(bs)));
+  EXPECT_TRUE(km.rejections().empty());
+  ASSERT_TRUE(km.Release(node, fh));
+  StopAndFsck(h);
+
+  // Not allowed: the kernel does not report ATOMIC, or the device's unit excludes the block.
+  for (auto [offer, unit] : {std::pair{false, 4096u}, {true, 512u}}) {
+    ServerConfig s2;
+    s2.iomap.test_device_atomic_unit = unit;
+    ModelOptions m2;
+    m2.offer_atomic = offer;
+    auto h2 = Start(s2, m2);
+    ASSERT_NE(h2, nullptr);
+    EXPECT_FALSE(h2->dispatcher().iomap().atomic());
+    auto [n2, fh2] = *h2->model().Create(abi::FUSE_ROOT_ID, "no" + std::to_string(unit));
+    EXPECT_EQ(h2->model().LatchedFlags(n2) & abi::FUSE_ATTR_ATOMIC, 0u);
+    EXPECT_EQ(h2->model().AtomicWrite(n2, 0, Pattern(4096, 1)).error(), EOPNOTSUPP);
+    ASSERT_TRUE(h2->model().Release(n2, fh2));
+    StopAndFsck(h2);
+  }
 }
 
 }  // namespace
