@@ -171,6 +171,7 @@ Result<abi::fuse_iomap_config_out> IomapHandler::Config(const wire::IomapConfigR
     return Unexpected(id.error());
   }
   dev_.store(*id, std::memory_order_release);
+  fs_.IomapTrackFreedBlocks();  // for DEV_INVAL (§11.5), sent by AfterRequest
   SetNofsOnce(sink);
   // §11.2, §14.2 step 3: the device's soft block size becomes the fs block size, so that cached
   // device pages never straddle file blocks. UNTESTED against a real iomap kernel.
@@ -493,8 +494,23 @@ void IomapHandler::Opened(const wire::Request& req, ReplySink& sink) {
   RefreshBpf(req.node);
 }
 
+void IomapHandler::SendDevInvals(ReplySink& sink) {
+  const uint32_t dev = backing_id();
+  if (dev == 0) return;
+  for (auto [offset, length] : fs_.IomapTakeFreedBlocks()) {
+    stats_.dev_invals.fetch_add(1, std::memory_order_relaxed);
+    Result<void> r = SendNotify(
+        sink, wire::EncodeNotifyIomapDevInval(dev, abi::fuse_range{offset + data_offset_, length}));
+    if (!r) LOG_WARNING("iomap: DEV_INVAL failed: %s", strerror(r.error()));
+  }
+}
+
 void IomapHandler::AfterRequest(const wire::Request& req, bool ok, ReplySink& sink) {
   if (!enabled()) return;
+  // §11.5: blocks freed by this request (truncate, punch, unlink, forget of an orphan, extent
+  // tree blocks) may have cached pages on the device from the server's own buffered I/O; drop
+  // them before any reply, in particular before a BEGIN reply hands such a block out again.
+  SendDevInvals(sink);
   auto drop_bpf = [&](Ino ino) {
     std::lock_guard<std::mutex> lock(bpf_mu_);
     if (bpf_ != nullptr) bpf_->dispatcher.Remove(wire::NodeIdFromIno(ino));

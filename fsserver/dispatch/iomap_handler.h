@@ -21,7 +21,9 @@
 //   IOEND    converts unwritten extents and raises the size; the reply carries it (§6).
 //   After layout-changing requests (truncate, fallocate, copy_file_range) the file's cached
 //   mappings are INValidated (§12.4) and its BPF program replaced before the reply is sent;
-//   FORGET drops the program (the inode number may be reused). UNLINK needs no INVAL: the
+//   FORGET drops the program (the inode number may be reused). Blocks freed by any request are
+//   announced with DEV_INVAL (§11.5) before its reply: the server's buffered I/O on the device
+//   may have left cached pages of them. UNLINK needs no INVAL: the
 //   blocks of an unlinked inode are freed only at the FORGET of its last lookup reference
 //   (Filesystem::Forget), i.e. after the kernel evicted the inode and with it its cache (§12.1).
 //
@@ -83,6 +85,7 @@ struct IomapStats {
   std::atomic<uint64_t> upserts{0};
   std::atomic<uint64_t> upsert_failures{0};
   std::atomic<uint64_t> invals{0};
+  std::atomic<uint64_t> dev_invals{0};
   std::atomic<uint64_t> retry_cache{0};
   std::atomic<uint64_t> ioends{0};
   std::atomic<uint64_t> bpf_installs{0};
@@ -142,6 +145,8 @@ class IomapHandler {
   // would be exceeded. Returns: whether every upsert was accepted.
   bool Upsert(Ino ino, std::span<const iomap::Mapping> maps, ReplySink& sink);
   void Inval(Ino ino, uint64_t offset, uint64_t length, ReplySink& sink);
+  // DEV_INVAL (§11.5) for every block range freed since the last call.
+  void SendDevInvals(ReplySink& sink);
   // Reinstalls (or removes) the BPF program of `ino` from its current layout.
   void RefreshBpf(Ino ino);
   std::mutex& InodeLock(Ino ino) { return inode_mu_[ino.value() % kInodeLocks]; }

@@ -276,6 +276,12 @@ class Filesystem {
   Result<std::vector<iomap::Mapping>> IomapFileMappings(Ino ino, size_t max_count);
   // Writes all metadata and syncs the image (FREEZE_FS, §8).
   Result<void> IomapSync();
+  // From now on records the device byte ranges of every block freed (libext2fs's block
+  // allocation callbacks, called under the metadata lock), for DEV_INVAL (spec §11.5).
+  void IomapTrackFreedBlocks();
+  // Returns and forgets the ranges recorded since the last call: {device byte offset, length},
+  // sorted and merged. Empty unless IomapTrackFreedBlocks() was called.
+  std::vector<std::pair<uint64_t, uint64_t>> IomapTakeFreedBlocks();
   // The image fd (data I/O) and the filesystem's byte offset in it.
   int data_fd();
   uint64_t data_offset();

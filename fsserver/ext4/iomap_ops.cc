@@ -8,6 +8,10 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "ext2/block_device.h"
 #include "ext2/inode_buf.h"
@@ -39,7 +43,83 @@ Result<ext2::InodeBuf> ReadRegular(const ext2::Guard& g, Ino ino) {
   return inode;
 }
 
+// Freed-block log per ext2_filsys (libext2fs's callbacks carry no context pointer of ours).
+// The callbacks run under that filesystem's metadata lock; g_freed_mu is a leaf below it.
+struct FreedLog {
+  std::vector<std::pair<uint64_t, uint64_t>> blocks;  // {first block, count}
+  void (*old_one)(ext2_filsys, blk64_t, int) = nullptr;
+  void (*old_range)(ext2_filsys, blk64_t, blk_t, int) = nullptr;
+};
+std::mutex g_freed_mu;
+std::unordered_map<ext2_filsys, FreedLog> g_freed;  // guarded by g_freed_mu
+
+void RecordFreed(ext2_filsys fs, blk64_t blk, uint64_t num, int inuse, bool range) {
+  void (*old_one)(ext2_filsys, blk64_t, int) = nullptr;
+  void (*old_range)(ext2_filsys, blk64_t, blk_t, int) = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_freed_mu);
+    auto it = g_freed.find(fs);
+    if (it == g_freed.end()) return;
+    if (inuse < 0 && num != 0) it->second.blocks.emplace_back(blk, num);
+    old_one = it->second.old_one;
+    old_range = it->second.old_range;
+  }
+  if (range && old_range != nullptr) old_range(fs, blk, static_cast<blk_t>(num), inuse);
+  if (!range && old_one != nullptr) old_one(fs, blk, inuse);
+}
+void FreedOne(ext2_filsys fs, blk64_t blk, int inuse) { RecordFreed(fs, blk, 1, inuse, false); }
+void FreedRange(ext2_filsys fs, blk64_t blk, blk_t num, int inuse) {
+  if (inuse < 0 && num == 0 && fs->block_map != nullptr) {
+    // libext2fs 1.47's ext2fs_block_alloc_stats_range() calls this with the range's END and a
+    // count of 0 (it passes its loop variables after the loop). The bitmap is already updated,
+    // so the freed range is the run of free blocks ending there; it may take in blocks that
+    // were free before, which is harmless for DEV_INVAL. Bounded by the longest extent.
+    constexpr blk64_t kMaxRun = 32768;
+    blk64_t start = blk;
+    while (start > fs->super->s_first_data_block && blk - start < kMaxRun &&
+           !ext2fs_test_block_bitmap2(fs->block_map, start - 1)) {
+      --start;
+    }
+    RecordFreed(fs, start, blk - start, inuse, true);
+    return;
+  }
+  RecordFreed(fs, blk, num, inuse, true);
+}
+
 }  // namespace
+
+void Filesystem::IomapTrackFreedBlocks() {
+  ext2::Guard g = ext2fs().Lock();
+  FreedLog log;
+  ext2fs_set_block_alloc_stats_callback(g.fs(), FreedOne, &log.old_one);
+  ext2fs_set_block_alloc_stats_range_callback(g.fs(), FreedRange, &log.old_range);
+  if (log.old_one == FreedOne) log.old_one = nullptr;  // tracked twice: no self-chaining
+  if (log.old_range == FreedRange) log.old_range = nullptr;
+  std::lock_guard<std::mutex> lock(g_freed_mu);
+  g_freed[g.fs()] = std::move(log);  // an ext2_filsys address reused by a later mount: reset
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> Filesystem::IomapTakeFreedBlocks() {
+  std::vector<std::pair<uint64_t, uint64_t>> blocks;
+  {
+    ext2::Guard g = ext2fs().Lock();
+    std::lock_guard<std::mutex> lock(g_freed_mu);
+    auto it = g_freed.find(g.fs());
+    if (it == g_freed.end()) return {};
+    blocks.swap(it->second.blocks);
+  }
+  std::sort(blocks.begin(), blocks.end());
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  const uint64_t bs = block_size();
+  for (auto [blk, n] : blocks) {
+    if (!out.empty() && out.back().first + out.back().second >= blk * bs) {
+      out.back().second = std::max(out.back().second, (blk + n) * bs - out.back().first);
+    } else {
+      out.emplace_back(blk * bs, n * bs);
+    }
+  }
+  return out;
+}
 
 Filesystem::IomapGeometry Filesystem::GetIomapGeometry() {
   IomapGeometry geo;

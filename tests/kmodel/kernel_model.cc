@@ -422,8 +422,16 @@ int64_t KernelModel::HandleNotify(std::span<const std::byte> msg) {
       abi::fuse_iomap_dev_inval_out d;
       if (!Parse(body, &d)) return -EINVAL;
       if (!iomap_ || d.dev == 0) return -EINVAL;
-      if (backing_.count(d.dev) == 0) return -ENODEV;
-      return 0;  // the model keeps no block-device page cache
+      auto it = backing_.find(d.dev);
+      if (it == backing_.end()) return -ENODEV;
+      // §11.5: the offset must be on the device and the range must not overflow.
+      if (d.range.offset > it->second.size || d.range.offset + d.range.length < d.range.offset) {
+        rejections_.push_back("DEV_INVAL: bad range");
+        return -EINVAL;
+      }
+      counters_.dev_invals++;
+      dev_invals_.push_back(d);  // the model keeps no block-device page cache to drop
+      return 0;
     }
     default:
       return 0;  // mainline notifications: nothing the model caches

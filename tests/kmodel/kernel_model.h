@@ -89,6 +89,7 @@ struct ModelCounters {
   uint64_t fork_discards = 0;     // whole-fork discards at the per-fork limit (§12.1)
   uint64_t set_blocksize = 0;     // FUSE_DEV_IOC_IOMAP_SET_BLOCKSIZE calls (§11.2)
   uint64_t set_nofs = 0;          // FUSE_DEV_IOC_SET_NOFS(1) calls (§11.3)
+  uint64_t dev_invals = 0;        // accepted DEV_INVAL notifications (§11.5)
   uint64_t Upcalls(const std::string& op) const;
   uint64_t BeginUpcalls() const;
   std::string Format() const;
@@ -187,6 +188,8 @@ class KernelModel {
                                      uint32_t opflags);
   // The read-fork records cached for the inode (empty without a cache).
   std::vector<abi::fuse_iomap_io> CachedReadMappings(uint64_t nodeid);
+  // Every accepted DEV_INVAL, in arrival order.
+  const std::vector<abi::fuse_iomap_dev_inval_out>& dev_invals() const { return dev_invals_; }
   // Block size the server set on backing device `id` with SET_BLOCKSIZE (0: never set).
   uint32_t device_block_size(uint32_t id) const;
 
@@ -260,6 +263,7 @@ class KernelModel {
   std::map<uint64_t, std::unique_ptr<Inode>> inodes_;
   ModelCounters counters_;
   std::vector<std::string> rejections_;
+  std::vector<abi::fuse_iomap_dev_inval_out> dev_invals_;
 };
 
 }  // namespace iomapfs::kmodel

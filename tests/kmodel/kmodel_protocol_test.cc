@@ -298,6 +298,63 @@ TEST_F(KmodelProtocolTest, UnlinkedFilesCacheNeverServesReusedBlocks) {
   StopAndFsck(h);
 }
 
+// §11.5: every block the server frees (truncate, punch, an unlinked file at its last FORGET,
+// extent-tree blocks) is announced with DEV_INVAL on the registered device before the reply, so
+// that pages the server's own buffered I/O left in the device's page cache cannot be written
+// back over data iomap later puts in those blocks.
+TEST_F(KmodelProtocolTest, FreedBlocksGetDevInval) {
+  ServerConfig s;
+  s.workers = 1;  // FORGET has no reply: one worker orders it before the next request
+  auto h = Start(s);
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  auto covered = [&](const FiemapExtent& e) {
+    uint64_t need = e.physical, end = e.physical + e.length;
+    // The invalidated ranges are merged and sorted per notification; walk them all.
+    bool progress = true;
+    while (need < end && progress) {
+      progress = false;
+      for (const auto& d : km.dev_invals()) {
+        if (d.range.offset <= need && need < d.range.offset + d.range.length) {
+          need = d.range.offset + d.range.length;
+          progress = true;
+        }
+      }
+    }
+    return need >= end;
+  };
+  auto [t, fht] = *km.Create(abi::FUSE_ROOT_ID, "t");
+  const uint64_t bs = km.block_size();
+  for (uint64_t i = 0; i < 600; i += 2) {  // ~300 extents: the tree needs index blocks
+    ASSERT_TRUE(km.Write(t, i * bs, Pattern(bs, static_cast<uint8_t>(i)), /*direct=*/true));
+  }
+  auto before = km.Fiemap(t);
+  ASSERT_TRUE(before);
+  ASSERT_GT(before->size(), 100u);
+  EXPECT_EQ(km.counters().dev_invals, 0u);
+  ASSERT_TRUE(km.Punch(t, fht, 0, 64 * bs));
+  ASSERT_TRUE(km.Truncate(t, 0));
+  for (const FiemapExtent& e : *before) EXPECT_TRUE(covered(e)) << e.physical;
+  const uint64_t dev = h->dispatcher().iomap().backing_id();
+  for (const auto& d : km.dev_invals()) EXPECT_EQ(d.dev, dev);
+
+  // An unlinked file: its blocks are freed, and announced, at the FORGET of its last reference.
+  auto [u, fhu] = *km.Create(abi::FUSE_ROOT_ID, "u");
+  ASSERT_TRUE(km.Write(u, 0, Pattern(256 << 10, 4), /*direct=*/true));
+  auto ue = km.Fiemap(u);
+  ASSERT_TRUE(ue);
+  ASSERT_TRUE(km.Release(u, fhu));
+  ASSERT_TRUE(km.Unlink(abi::FUSE_ROOT_ID, "u"));
+  const size_t n = km.dev_invals().size();
+  ASSERT_TRUE(km.Evict(u));
+  ASSERT_TRUE(km.Syncfs());  // a round trip after the reply-less FORGET
+  EXPECT_GT(km.dev_invals().size(), n);
+  for (const FiemapExtent& e : *ue) EXPECT_TRUE(covered(e)) << e.physical;
+  EXPECT_TRUE(km.rejections().empty());
+  ASSERT_TRUE(km.Release(t, fht));
+  StopAndFsck(h);
+}
+
 // §11.2, §11.3: at CONFIG the server sets the registered device's block size to the fs block
 // size, and every server thread that serves iomap requests sets NOFS on itself once. On a real
 // kernel these are ioctls on /dev/fuse (FuseDevChannel), UNTESTED there: no kernel here offers
