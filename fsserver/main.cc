@@ -3,6 +3,7 @@
 // libfuse3 is used for option parsing and mounting only (fusermount3 when not root); the
 // request loop, wire codec and filesystem are this project's own (DESIGN.md).
 
+#include <fcntl.h>
 #include <fuse3/fuse_opt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -17,10 +18,12 @@
 #include <string>
 
 #include "base/log.h"
+#include "base/unique_fd.h"
 #include "ext2/ext2_fs.h"
 #include "fsserver/dispatch/dispatcher.h"
 #include "fsserver/ext4/filesystem.h"
 #include "fsserver/fuse_mount.h"
+#include "fsserver/session/fuse_dev_channel.h"
 #include "fsserver/session/session.h"
 
 namespace iomapfs {
@@ -52,6 +55,9 @@ constexpr char kUsage[] =
     "                     on corruption found while serving: carry on, refuse further\n"
     "                     changes, or stop the server (default: the superblock's setting)\n"
     "  threads=N          request worker threads (default 4)\n"
+    "  iomap=auto|off     fuse-iomap (the kernel moves file data itself) when the kernel offers\n"
+    "                     it at INIT (auto, the default), or never (off). No released kernel\n"
+    "                     offers it; the mount is then classic either way\n"
     "  nodev, nosuid, noexec, dev, suid, exec, noatime\n"
     "                     passed to the kernel as for any mount\n";
 
@@ -61,6 +67,7 @@ struct CliOptions {
   char* offset = nullptr;
   char* threads = nullptr;
   char* errors = nullptr;
+  char* iomap = nullptr;
   int ro = 0;
   int rw = 0;
   int fakeroot = 0;
@@ -90,6 +97,7 @@ const fuse_opt kOptSpec[] = {
     {"offset=%s", offsetof(CliOptions, offset), 0},
     {"threads=%s", offsetof(CliOptions, threads), 0},
     {"errors=%s", offsetof(CliOptions, errors), 0},
+    {"iomap=%s", offsetof(CliOptions, iomap), 0},
     FUSE_OPT_KEY("-h", kKeyHelp),
     FUSE_OPT_KEY("--help", kKeyHelp),
     FUSE_OPT_KEY("-V", kKeyVersion),
@@ -221,6 +229,29 @@ int Serve(CliOptions& cli) {
 
   dispatch::DispatcherOptions dopts;
   dopts.read_only = !read_write;
+  // fuse-iomap (spec §1): no flag is needed; the server acknowledges FUSE_IOMAP only when the
+  // kernel offers it at INIT (auto), never with iomap=off. Discovery (§1.2) on a fresh
+  // /dev/fuse fd before mounting only reports; the INIT offer decides. UNTESTED against a
+  // real iomap kernel: kernels without the extension fail the ioctl (ENOTTY), and the mount
+  // stays classic.
+  const std::string iomap_mode = cli.iomap != nullptr ? cli.iomap : "auto";
+  if (iomap_mode != "auto" && iomap_mode != "off") {
+    fprintf(stderr, "iomapfs: bad iomap='%s': expected auto or off\n", cli.iomap);
+    return 2;
+  }
+  dopts.iomap.enable = iomap_mode == "auto";
+  if (dopts.iomap.enable) {
+    UniqueFd dev(::open("/dev/fuse", O_RDWR | O_CLOEXEC));
+    Result<uint64_t> support =
+        dev.valid() ? session::DiscoverIomap(dev.get()) : Result<uint64_t>(Unexpected(errno));
+    if (support && *support != 0) {
+      LOG_INFO("fuse-iomap discovery: allowed (flags 0x%llx)",
+               static_cast<unsigned long long>(*support));
+    } else {
+      LOG_DEBUG("fuse-iomap discovery: %s; classic mode unless INIT offers FUSE_IOMAP",
+                support ? "not allowed for this caller" : strerror(support.error()));
+    }
+  }
   if (read_write) {
     // Every change goes through this mount's kernel caches; short timeouts bound how long a
     // cached attribute can lag the image.
