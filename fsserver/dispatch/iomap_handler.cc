@@ -538,6 +538,12 @@ void IomapHandler::AfterRequest(const wire::Request& req, bool ok, ReplySink& si
     std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
     Inval(req.node, s->in.size, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
     RefreshBpf(req.node);
+  } else if (const auto* o = std::get_if<wire::OpenReq>(&req.body)) {
+    // O_TRUNC with FUSE_ATOMIC_O_TRUNC: the OPEN handler truncated the file (§10).
+    if ((o->flags & O_TRUNC) == 0 || (o->flags & O_ACCMODE) == O_RDONLY) return;
+    std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
+    Inval(req.node, 0, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+    RefreshBpf(req.node);
   } else if (const auto* fa = std::get_if<wire::FallocateReq>(&req.body)) {
     std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
     Inval(req.node, fa->offset, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);

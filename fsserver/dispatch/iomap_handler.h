@@ -19,8 +19,8 @@
 //            sent; then it is upserted and, where allowed, the reply is RETRY_CACHE (§12.6).
 //   END      raises the on-disk size after size-extending buffered writes (§5, §14.4).
 //   IOEND    converts unwritten extents and raises the size; the reply carries it (§6).
-//   After layout-changing requests (truncate, fallocate, copy_file_range) the file's cached
-//   mappings are INValidated (§12.4) and its BPF program replaced before the reply is sent;
+//   After layout-changing requests (truncate, O_TRUNC open, fallocate, copy_file_range) the file's
+//   cached mappings are INValidated (§12.4) and its BPF program replaced before the reply is sent;
 //   FORGET drops the program (the inode number may be reused). Blocks freed by any request are
 //   announced with DEV_INVAL (§11.5) before its reply: the server's buffered I/O on the device
 //   may have left cached pages of them. UNLINK needs no INVAL: the

@@ -446,8 +446,9 @@ Result<void> KernelModel::Mount() {
   in.major = 7;
   in.minor = options_.offer_iomap ? abi::FUSE_IOMAP_KERNEL_MINOR_VERSION : 45;
   in.max_readahead = 128 << 10;
-  uint64_t flags =
-      abi::FUSE_ASYNC_READ | abi::FUSE_BIG_WRITES | abi::FUSE_MAX_PAGES | abi::FUSE_INIT_EXT;
+  uint64_t flags = abi::FUSE_ASYNC_READ | abi::FUSE_BIG_WRITES | abi::FUSE_MAX_PAGES |
+                   abi::FUSE_INIT_EXT |
+                   abi::FUSE_ATOMIC_O_TRUNC;  // Open() models O_TRUNC inside OPEN (§10)
   if (options_.offer_iomap) flags |= abi::FUSE_IOMAP;
   in.flags = static_cast<uint32_t>(flags);
   in.flags2 = static_cast<uint32_t>(flags >> 32);
@@ -606,6 +607,14 @@ Result<uint64_t> KernelModel::Open(uint64_t nodeid, uint32_t flags) {
   abi::fuse_open_out out;
   if (!Parse(r, &out)) return Unexpected(EPROTO);
   Inode* ip = Find(nodeid);
+  if (ip != nullptr && (flags & O_TRUNC) != 0 && (flags & O_ACCMODE) != O_RDONLY) {
+    // §10, §12.5: O_TRUNC with atomic_o_trunc: size 0, page cache and every mapping dropped.
+    ip->size = ip->disk_size = 0;
+    ip->dirty.clear();
+    ip->cache.read.Remove(0, abi::FUSE_IOMAP_INVAL_TO_EOF);
+    ip->cache.write.Remove(0, abi::FUSE_IOMAP_INVAL_TO_EOF);
+    ip->cache.seq++;
+  }
   // §1.6: these open flags make an iomap open fail.
   if (ip != nullptr && IomapInode(*ip) &&
       (out.open_flags & (abi::FOPEN_PASSTHROUGH | abi::FOPEN_STREAM | abi::FOPEN_NONSEEKABLE))) {

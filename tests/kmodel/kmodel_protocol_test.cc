@@ -298,6 +298,34 @@ TEST_F(KmodelProtocolTest, UnlinkedFilesCacheNeverServesReusedBlocks) {
   StopAndFsck(h);
 }
 
+// §10, §12: O_TRUNC truncates inside OPEN (FUSE_ATOMIC_O_TRUNC); the server INVALidates the
+// file's cached mappings itself and the old blocks are never served again.
+TEST_F(KmodelProtocolTest, OpenWithTruncDropsMappings) {
+  auto h = Start();
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "tr");
+  ASSERT_TRUE(km.Write(node, 0, Pattern(512 << 10, 1), /*direct=*/true));
+  ASSERT_TRUE(km.Read(node, 0, 512 << 10));
+  ASSERT_FALSE(km.CachedReadMappings(node).empty());
+  ASSERT_TRUE(km.Release(node, fh));
+  const uint64_t invals = km.counters().invals;
+  auto fh2 = km.Open(node, O_RDWR | O_TRUNC);
+  ASSERT_TRUE(fh2);
+  EXPECT_GT(km.counters().invals, invals);
+  EXPECT_EQ(km.Size(node), 0u);
+  for (const abi::fuse_iomap_io& m : km.CachedReadMappings(node)) {
+    EXPECT_NE(m.type, abi::FUSE_IOMAP_TYPE_MAPPED) << m.offset;
+  }
+  const auto fresh = Pattern(64 << 10, 9);
+  ASSERT_TRUE(km.Write(node, 0, fresh));
+  auto got = km.Read(node, 0, 512 << 10);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, fresh);
+  ASSERT_TRUE(km.Release(node, *fh2));
+  StopAndFsck(h);
+}
+
 // §11.5: every block the server frees (truncate, punch, an unlinked file at its last FORGET,
 // extent-tree blocks) is announced with DEV_INVAL on the registered device before the reply, so
 // that pages the server's own buffered I/O left in the device's page cache cannot be written
