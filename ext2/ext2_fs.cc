@@ -272,9 +272,14 @@ Result<std::unique_ptr<Ext2Fs>> Ext2Fs::Open(const std::string& path, const Open
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
     return fail(EINVAL, "not a regular file or block device");
   }
-  if (options.read_write && ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+  // A writer excludes everyone; readers share. A read-only reader of an image that changes
+  // under it would see torn metadata, so ro+rw conflicts in either order.
+  if (::flock(fd.get(), (options.read_write ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK) {
-      return fail(EBUSY, "image is in use by another process (it is open read-write)");
+      return fail(EBUSY, options.read_write
+                             ? "image is in use by another process (a read-write open needs "
+                               "it alone)"
+                             : "image is in use by another process (it is open read-write)");
     }
     return fail(errno, std::string("cannot lock the image: ") + strerror(errno));
   }
@@ -351,8 +356,8 @@ Result<std::unique_ptr<Ext2Fs>> Ext2Fs::Open(const std::string& path, const Open
   int raw_fd = fd.get();
   auto dev = std::make_unique<FdBlockDevice>(std::move(fd), options.offset, avail);
   std::unique_ptr<Ext2Fs> e2(new Ext2Fs(fs, std::move(dev), options));
+  e2->lock_fd_ = raw_fd;
   if (options.read_write) {
-    e2->lock_fd_ = raw_fd;
     fs->io->flags |= CHANNEL_FLAGS_WRITETHROUGH;
     // Mounted read-write without a journal: not clean until Close().
     e2->state_at_open_ = fs->super->s_state;

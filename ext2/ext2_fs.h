@@ -8,9 +8,12 @@
 // Lock order: the metadata lock is taken after any per-connection or per-inode lock of the
 // layers above and before nothing: no other lock is acquired while it is held.
 //
+// Every open takes an advisory lock on the image (flock on the data fd, LOCK_NB): shared for
+// read-only opens, exclusive for read-write ones. So read-only opens share an image, but a
+// read-write open and any other open of the same image (by this or another process, through
+// another fd) exclude each other: the later one fails with EBUSY. A reader of an image that
+// changes under it would see torn metadata.
 // Read-write opens (OpenOptions::read_write):
-//   - take an advisory lock on the image (flock LOCK_EX|LOCK_NB on the data fd), so a second
-//     read-write open of the same image, by this or another process, fails with EBUSY;
 //   - refuse features whose metadata this server does not maintain when writing (quota,
 //     project, casefold, encrypt, verity, bigalloc, mmp, orphan_present, readonly,
 //     shared_blocks; needs_recovery for every open without norecovery): EOPNOTSUPP naming them;

@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -43,11 +44,18 @@ constexpr char kUsage[] =
     "  -V, --version      print the version and exit\n"
     "\n"
     "mount options (-o):\n"
-    "  ro                 read-only (the default)\n"
-    "  rw                 read-write; the image is locked against a second writer, marked\n"
+    "  ro                 read-only (the default); other read-only mounts of the same image\n"
+    "                     may run at once, a read-write one may not\n"
+    "  rw                 read-write; the image is locked against every other iomapfs mount\n"
+    "                     of it (read-only ones too: they would read a changing image), marked\n"
     "                     not-clean while mounted and clean again at unmount\n"
-    "  fakeroot           treat every caller as root for permission checks\n"
-    "  allow_other        let other users access the mount (always on as root)\n"
+    "  fakeroot           treat every caller as root for permission checks, as fuse2fs does:\n"
+    "                     nothing is refused for lack of permission, and the kernel's own\n"
+    "                     checks (default_permissions) are off. New files and directories are\n"
+    "                     still owned by the caller's uid and gid (chown them as needed).\n"
+    "                     With allow_other every user gets root's rights in the mount, so\n"
+    "                     fakeroot does not turn allow_other on for root\n"
+    "  allow_other        let other users access the mount (on by default as root)\n"
     "  offset=BYTES       the filesystem starts BYTES into IMAGE (partitioned images)\n"
     "  norecovery         serve a filesystem whose journal needs recovery without\n"
     "                     replaying it (read-only; recent changes may be missing)\n"
@@ -200,6 +208,18 @@ int Serve(CliOptions& cli) {
     return 2;
   }
   char* mnt_real = realpath(cli.mountpoint, nullptr);
+  // A FUSE mount whose server died answers every request with ENOTCONN until it is unmounted;
+  // stat(2) alone may be answered from cached attributes, statfs(2) always asks the server.
+  struct statfs sfs;
+  if ((mnt_real == nullptr && errno == ENOTCONN) ||
+      (mnt_real != nullptr && statfs(mnt_real, &sfs) != 0 && errno == ENOTCONN)) {
+    free(mnt_real);
+    fprintf(stderr,
+            "iomapfs: %s is a stale FUSE mount (its server died); unmount it first with "
+            "`umount -l %s` or `fusermount3 -uz %s`\n",
+            cli.mountpoint, cli.mountpoint, cli.mountpoint);
+    return 1;
+  }
   if (mnt_real == nullptr) {
     fprintf(stderr, "iomapfs: bad mountpoint '%s': %s\n", cli.mountpoint, strerror(errno));
     return 1;
@@ -259,13 +279,16 @@ int Serve(CliOptions& cli) {
     dopts.attr_timeout_sec = 1;
   }
   dopts.debug = cli.debug != 0;
+  // Under fakeroot the kernel must not check permissions with the caller's real credentials:
+  // no default_permissions, and no FUSE_POSIX_ACL (which implies it).
+  dopts.posix_acl = cli.fakeroot == 0;
   dispatch::Dispatcher dispatcher(*fs, dopts);
 
   // Mount through libfuse: it knows mount(2) for root and fusermount3 for everyone else.
   std::string kopts = std::string(read_write ? "rw" : "ro") +
-                      ",default_permissions,subtype=iomapfs,fsname=" + EscapeOptValue(cli.image) +
-                      cli.kernel_opts;
-  if (cli.allow_other || geteuid() == 0) kopts += ",allow_other";
+                      (cli.fakeroot ? "" : ",default_permissions") +
+                      ",subtype=iomapfs,fsname=" + EscapeOptValue(cli.image) + cli.kernel_opts;
+  if (cli.allow_other || (geteuid() == 0 && !cli.fakeroot)) kopts += ",allow_other";
   if (geteuid() == 0 && cli.kernel_opts.find("nodev") == std::string::npos) kopts += ",dev";
   if (geteuid() == 0 && cli.kernel_opts.find("nosuid") == std::string::npos) kopts += ",suid";
   Result<std::unique_ptr<FuseMount>> mount = FuseMount::Mount(mountpoint, kopts);

@@ -180,7 +180,9 @@ struct Dispatcher::Context {
     uint32_t minor = std::min(r.minor, kOurMinor);
     uint64_t offered = r.flags;
     if ((offered & abi::FUSE_INIT_EXT) == 0) offered &= 0xffffffffull;
-    uint64_t enabled = offered & kWantedInitFlags;
+    uint64_t wanted = kWantedInitFlags;
+    if (!d.options_.posix_acl) wanted = (wanted & ~abi::FUSE_POSIX_ACL) | abi::FUSE_DONT_MASK;
+    uint64_t enabled = offered & wanted;
     // fuse-iomap (iomap spec §1.3): FUSE_IOMAP in flags2 and minor 99, else classic mode.
     if ((offered & abi::FUSE_INIT_EXT) != 0 && d.iomap_->Negotiate(offered)) {
       enabled |= abi::FUSE_IOMAP;

@@ -22,6 +22,11 @@ namespace iomapfs::dispatch {
 struct DispatcherOptions {
   bool read_only = true;
   bool debug = false;  // log every request and its result
+  // Negotiate FUSE_POSIX_ACL: the kernel then enforces POSIX ACLs itself, which turns on
+  // default_permissions (fs/fuse/inode.c process_init_reply). Off under fakeroot, where the
+  // kernel must not check permissions with the caller's real credentials; FUSE_DONT_MASK is
+  // negotiated instead, so the server still applies the umask or the parent's default ACL.
+  bool posix_acl = true;
   // How long the kernel may cache entries and attributes. Long for read-only images, since
   // nothing changes them behind the kernel's back.
   uint32_t entry_timeout_sec = 3600;

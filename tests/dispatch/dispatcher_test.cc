@@ -137,6 +137,7 @@ TEST_F(DispatcherTest, InitNegotiatesMinorFlagsAndSizes) {
                      abi::FUSE_PARALLEL_DIROPS, abi::FUSE_EXPORT_SUPPORT, abi::FUSE_POSIX_ACL}) {
     EXPECT_NE(flags & f, 0u) << std::hex << f;
   }
+  EXPECT_EQ(flags & abi::FUSE_DONT_MASK, 0u);  // POSIX_ACL implies it
   // Never more than offered, and nothing we cannot serve yet.
   EXPECT_EQ(flags & abi::FUSE_WRITEBACK_CACHE, 0u);
   EXPECT_EQ(flags & abi::FUSE_OVER_IO_URING, 0u);
@@ -145,6 +146,19 @@ TEST_F(DispatcherTest, InitNegotiatesMinorFlagsAndSizes) {
   EXPECT_EQ(out.max_readahead, 131072u);
   EXPECT_EQ(out.time_gran, 1u);
   EXPECT_TRUE(disp_->initialized());
+}
+
+TEST_F(DispatcherTest, InitWithoutPosixAclAsksForDontMaskInstead) {
+  // fakeroot: FUSE_POSIX_ACL would make the kernel check permissions with the real caller.
+  DispatcherOptions opts;
+  opts.posix_acl = false;
+  disp_ = std::make_unique<Dispatcher>(*fs_, opts);
+  Init();
+  auto out = BodyAs<abi::fuse_init_out>(Pop());
+  uint64_t flags = out.flags | (uint64_t{out.flags2} << 32);
+  EXPECT_EQ(flags & abi::FUSE_POSIX_ACL, 0u);
+  EXPECT_NE(flags & abi::FUSE_DONT_MASK, 0u);
+  EXPECT_NE(flags & abi::FUSE_DO_READDIRPLUS, 0u);
 }
 
 TEST_F(DispatcherTest, InitWithOlderKernelUsesItsMinorAndOfferedFlagsOnly) {

@@ -106,15 +106,41 @@ TEST(Ext2FsRwTest, SecondReadWriteOpenIsBusy) {
   // Another process sees the lock as well.
   auto other = RunShell("flock -n -x '" + image + "' true");
   EXPECT_NE(other.exit_code, 0) << other.output;
-  // Read-only opens are not blocked.
+  // Read-only opens are refused too: they would read an image that changes under them.
   auto ro = Ext2Fs::Open(image, OpenOptions{}, &why);
-  EXPECT_TRUE(ro.has_value()) << why;
+  EXPECT_EQ(ro.error(), EBUSY);
+  EXPECT_TRUE(Contains(why, "image is in use by another process (it is open read-write)")) << why;
+  other = RunShell("flock -n -s '" + image + "' true");
+  EXPECT_NE(other.exit_code, 0) << other.output;
   ASSERT_TRUE(first->Close().has_value());
   // Released at Close().
   other = RunShell("flock -n -x '" + image + "' true");
   EXPECT_EQ(other.exit_code, 0) << other.output;
   auto again = OpenRw(image);
   EXPECT_TRUE(again);
+}
+
+TEST(Ext2FsRwTest, ReadOnlyOpensShareTheImageButExcludeAWriter) {
+  TempDir dir;
+  std::string image = dir.Sub("img");
+  ASSERT_EQ(MakeImage(image, 16 * kMiB, "ext4", {}), "");
+  std::string why;
+  auto ro1 = Ext2Fs::Open(image, OpenOptions{}, &why);
+  ASSERT_TRUE(ro1.has_value()) << why;
+  auto ro2 = Ext2Fs::Open(image, OpenOptions{}, &why);
+  ASSERT_TRUE(ro2.has_value()) << why;
+  auto rw = Ext2Fs::Open(image, OpenOptions{.read_write = true}, &why);
+  EXPECT_EQ(rw.error(), EBUSY);
+  EXPECT_TRUE(Contains(why, "image is in use by another process")) << why;
+  // Another process may read along, but not write.
+  EXPECT_EQ(RunShell("flock -n -s '" + image + "' true").exit_code, 0);
+  EXPECT_NE(RunShell("flock -n -x '" + image + "' true").exit_code, 0);
+  ASSERT_TRUE((*ro1)->Close().has_value());
+  rw = Ext2Fs::Open(image, OpenOptions{.read_write = true}, &why);
+  EXPECT_EQ(rw.error(), EBUSY) << "one reader is still there";
+  ASSERT_TRUE((*ro2)->Close().has_value());
+  auto rw2 = OpenRw(image);
+  EXPECT_TRUE(rw2);
 }
 
 struct Feature {
