@@ -441,6 +441,7 @@ Result<void> IomapHandler::End(const wire::Request& req, const wire::IomapEndReq
                                ReplySink& sink) {
   if (!enabled()) return Unexpected(ENOSYS);
   if (r.attr_ino != req.node) return Unexpected(EINVAL);
+  if (shut_down_.load()) return Unexpected(EIO);
   SetNofsOnce(sink);
   // §14.4: a buffered write that extended the file raises the on-disk size.
   const bool buffered_write =
@@ -464,6 +465,8 @@ Result<abi::fuse_iomap_ioend_out> IomapHandler::Ioend(const wire::Request& req,
   // §6.4: a failed I/O changes nothing: unwritten extents stay unwritten (they read as zeros)
   // and new blocks of indirect files were zeroed when they were allocated.
   if (r.error != 0) return Unexpected(r.error < 0 ? -r.error : EIO);
+  // After SHUTDOWN nothing changes on disk any more (§8): completions are refused too.
+  if (shut_down_.load()) return Unexpected(EIO);
   if ((r.flags & abi::FUSE_IOMAP_IOEND_SHARED) != 0) return Unexpected(kEfsCorrupted);
   std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
   const bool convert = (r.flags & abi::FUSE_IOMAP_IOEND_UNWRITTEN) != 0;

@@ -126,6 +126,8 @@ class IomapHandler {
   // Called for every request after its handler ran and before its reply is sent.
   void AfterRequest(const wire::Request& req, bool ok, ReplySink& sink);
 
+  // FREEZE_FS: syncs, then refuses new allocations (EROFS) until UNFREEZE_FS.
+  // SHUTDOWN_FS: from then on BEGIN, END and IOEND fail with EIO (§8).
   Result<void> Freeze();
   Result<void> Unfreeze();
   Result<void> Shutdown();

@@ -153,7 +153,12 @@ TEST_F(KmodelProtocolTest, FreezeUnfreezeShutdownSyncfs) {
   ASSERT_TRUE(got);
   EXPECT_EQ(*got, a);
 
+  const auto late = Pattern(64 << 10, 8);
+  ASSERT_TRUE(km.Write(node, 2 << 20, late));  // dirty, its mapping cached
   ASSERT_TRUE(km.Shutdown());
+  auto wb = km.Writeback(node);  // the IOEND (or the BEGIN) is refused
+  ASSERT_FALSE(wb);
+  EXPECT_EQ(wb.error(), EIO);
   km.DropCaches();
   auto b = km.BeginOp(node, 0, 4096, 0);
   ASSERT_FALSE(b);
