@@ -263,3 +263,37 @@ TEST(MkfsCli, HelpAndVersion) {
 
 }  // namespace
 }  // namespace iomapfs::mkfs::testing
+
+namespace iomapfs::mkfs::testing {
+namespace {
+
+// The progress bar appears on a terminal (script(1) gives the tool a pseudo-terminal) and
+// nowhere else: a pipe, as in scripts and CI, gets no progress output at all.
+TEST(MkfsProgress, BarOnATerminalOnly) {
+  if (system("command -v script >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "script(1) from util-linux is needed to give the tool a terminal";
+  }
+  TempDir tmp;
+  std::string src = tmp.Sub("src");
+  ASSERT_EQ(mkdir(src.c_str(), 0755), 0);
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(iomapfs::testing::WriteFile(src + "/f" + std::to_string(i),
+                                            std::string(100000, static_cast<char>('a' + i))));
+  }
+  std::string cmd =
+      std::string(IOMAPFS_MKFS_BIN) + " -F -d " + src + " " + tmp.Sub("tty.img") + " 16M";
+  auto tty = iomapfs::testing::Run({"script", "-qfec", cmd, "/dev/null"});
+  ASSERT_EQ(tty.exit_code, 0) << tty.output;
+  EXPECT_NE(tty.output.find("Copying ["), std::string::npos) << tty.output;
+  EXPECT_NE(tty.output.find("files 20/20"), std::string::npos) << tty.output;
+  EXPECT_NE(tty.output.find("MiB/s"), std::string::npos) << tty.output;
+
+  auto piped = RunMkfs({"-F", "-d", src, tmp.Sub("pipe.img"), "16M"});
+  ASSERT_EQ(piped.exit_code, 0) << piped.output;
+  EXPECT_EQ(piped.output.find("Copying ["), std::string::npos) << piped.output;
+  EXPECT_TRUE(FsckClean(tmp.Sub("tty.img")));
+  EXPECT_TRUE(FsckClean(tmp.Sub("pipe.img")));
+}
+
+}  // namespace
+}  // namespace iomapfs::mkfs::testing
