@@ -121,7 +121,7 @@ class CrashTest : public ::testing::Test {
       kill(noise_, SIGKILL);
       waitpid(noise_, nullptr, 0);
     }
-    if (!mnt_.empty() && tu::IsMounted(mnt_)) tu::Run({"umount", "-l", mnt_});
+    if (!mnt_.empty() && tu::IsMountPoint(mnt_)) tu::Run({"umount", "-l", mnt_});
   }
 
   tu::TempDir dir_;
@@ -193,7 +193,7 @@ TEST_F(CrashTest, KillNineMidWritesKeepsWhatWasSynced) {
   EXPECT_NE(again.output.find("fusermount3 -uz " + mnt_), std::string::npos) << again.output;
   tu::CommandResult umount = tu::Run({"umount", "-l", mnt_});
   EXPECT_EQ(umount.exit_code, 0) << umount.output;
-  EXPECT_FALSE(tu::IsMounted(mnt_));
+  EXPECT_FALSE(tu::IsMountPoint(mnt_));
 
   // Repairable, then clean.
   tu::CommandResult fix = tu::Run({"e2fsck", "-fy", image_});
@@ -225,7 +225,7 @@ TEST_F(CrashTest, NewServerReportsTheStaleMountOfADeadOne) {
   // The other way to clean up, the one a normal user has.
   tu::CommandResult um = tu::Run({"fusermount3", "-uz", mnt_});
   EXPECT_EQ(um.exit_code, 0) << um.output;
-  EXPECT_FALSE(tu::IsMounted(mnt_));
+  EXPECT_FALSE(tu::IsMountPoint(mnt_));
   // Once unmounted the image (not clean, but consistent: nothing was written) mounts again.
   tu::ServerMount fresh;
   EXPECT_EQ(fresh.Start(kBinary, image_, mnt_, "ro"), "");

@@ -11,6 +11,7 @@
 #include <string>
 #include <thread>
 
+#include "tests/mount/mount_util.h"
 #include "tests/support/test_util.h"
 
 namespace iomapfs {
@@ -19,15 +20,6 @@ namespace {
 namespace tu = ::iomapfs::testing;
 
 const std::string kBinary = IOMAPFS_BINARY;
-
-bool IsMounted(const std::string& path) {
-  std::ifstream mounts("/proc/self/mounts");
-  std::string dev, mnt, rest;
-  while (mounts >> dev >> mnt && std::getline(mounts, rest)) {
-    if (mnt == path) return true;
-  }
-  return false;
-}
 
 // Reads the whole file; returns 0 or the errno of the failing call.
 int ReadError(const std::string& path) {
@@ -79,13 +71,13 @@ class ErrorsTest : public ::testing::Test {
     mkdir(mnt_.c_str(), 0755);
   }
   void TearDown() override {
-    if (!mnt_.empty() && IsMounted(mnt_)) tu::Run({"umount", "-l", mnt_});
+    if (!mnt_.empty() && tu::IsMountPoint(mnt_)) tu::Run({"umount", "-l", mnt_});
   }
 
   void Mount(const std::string& opts) {
     tu::CommandResult r = tu::Run({kBinary, image_, mnt_, "-o", opts});
     ASSERT_EQ(r.exit_code, 0) << r.output;
-    ASSERT_TRUE(IsMounted(mnt_));
+    ASSERT_TRUE(tu::IsMountPoint(mnt_));
   }
   // Unmounts and waits for the server to let go of the image.
   void Unmount() {

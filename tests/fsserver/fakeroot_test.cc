@@ -69,7 +69,7 @@ class FakerootTest : public ::testing::Test {
     ASSERT_EQ(chown(mnt_.c_str(), kUser, kGroup), 0);
   }
   void TearDown() override {
-    if (!mnt_.empty() && tu::IsMounted(mnt_)) tu::Run({"umount", "-l", mnt_});
+    if (!mnt_.empty() && tu::IsMountPoint(mnt_)) tu::Run({"umount", "-l", mnt_});
     if (fuse_mode_ != 0) chmod("/dev/fuse", fuse_mode_);
   }
 
@@ -77,7 +77,7 @@ class FakerootTest : public ::testing::Test {
   void UserUnmount() {
     tu::CommandResult um = RunAsUser("fusermount3 -u " + mnt_);
     EXPECT_EQ(um.exit_code, 0) << um.output;
-    EXPECT_FALSE(tu::IsMounted(mnt_));
+    EXPECT_FALSE(tu::IsMountPoint(mnt_));
     EXPECT_EQ(tu::WaitServerExit(kBinary, mnt_, 20), "");
   }
 

@@ -38,8 +38,8 @@ class ImageLockTest : public ::testing::Test {
     tu::ServerResult r = tu::RunServer(kBinary, {image_, mountpoint, "-o", options});
     EXPECT_EQ(r.exit_code, 1) << r.output;
     EXPECT_NE(r.output.find("image is in use"), std::string::npos) << r.output;
-    EXPECT_FALSE(tu::IsMounted(mountpoint));
-    if (tu::IsMounted(mountpoint)) tu::Run({"umount", "-l", mountpoint});
+    EXPECT_FALSE(tu::IsMountPoint(mountpoint));
+    if (tu::IsMountPoint(mountpoint)) tu::Run({"umount", "-l", mountpoint});
   }
 
   tu::TempDir dir_;
@@ -68,8 +68,8 @@ TEST_F(ImageLockTest, ReadOnlyMountsShareButExcludeAWriter) {
   tu::ServerMount ro1, ro2;
   ASSERT_EQ(ro1.Start(kBinary, image_, mnt1_, "ro"), "");
   ASSERT_EQ(ro2.Start(kBinary, image_, mnt2_, "ro"), "");
-  EXPECT_TRUE(tu::IsMounted(mnt1_));
-  EXPECT_TRUE(tu::IsMounted(mnt2_));
+  EXPECT_TRUE(tu::IsMountPoint(mnt1_));
+  EXPECT_TRUE(tu::IsMountPoint(mnt2_));
   ExpectRefused(mnt3_, "rw");
   ASSERT_EQ(ro1.Stop(), "");
   ExpectRefused(mnt3_, "rw");  // one reader is still there

@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "tests/mount/mount_util.h"
 #include "tests/support/test_util.h"
 
 namespace iomapfs {
@@ -21,15 +22,6 @@ namespace tu = ::iomapfs::testing;
 using tu::TempDir;
 
 const std::string kBinary = IOMAPFS_BINARY;
-
-bool IsMounted(const std::string& path) {
-  std::ifstream mounts("/proc/self/mounts");
-  std::string dev, mnt, rest;
-  while (mounts >> dev >> mnt && std::getline(mounts, rest)) {
-    if (mnt == path) return true;
-  }
-  return false;
-}
 
 // Waits until `pred` holds, up to `secs`.
 template <class Pred>
@@ -56,7 +48,7 @@ class LifecycleTest : public ::testing::Test {
     mkdir(mnt_.c_str(), 0755);
   }
   void TearDown() override {
-    if (!mnt_.empty() && IsMounted(mnt_)) tu::Run({"umount", "-l", mnt_});
+    if (!mnt_.empty() && tu::IsMountPoint(mnt_)) tu::Run({"umount", "-l", mnt_});
   }
 
   // Starts the server in the foreground as a child; returns its pid once the mount is live.
@@ -69,7 +61,7 @@ class LifecycleTest : public ::testing::Test {
             static_cast<char*>(nullptr));
       _exit(127);
     }
-    EXPECT_TRUE(WaitFor([&] { return IsMounted(mnt_); })) << "mount did not appear";
+    EXPECT_TRUE(WaitFor([&] { return tu::IsMountPoint(mnt_); })) << "mount did not appear";
     return pid;
   }
 
@@ -119,7 +111,7 @@ TEST(CliTest, BadArgumentsAreRefusedClearly) {
 TEST_F(LifecycleTest, DaemonServesAndExitsOnUnmount) {
   auto r = tu::Run({kBinary, image_, mnt_, "-o", "ro"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  ASSERT_TRUE(IsMounted(mnt_));
+  ASSERT_TRUE(tu::IsMountPoint(mnt_));
   std::ifstream f(mnt_ + "/hello");
   std::string line;
   std::getline(f, line);
@@ -142,14 +134,14 @@ TEST_F(LifecycleTest, SigtermUnmountsAndExitsZero) {
   pid_t pid = StartForeground();
   kill(pid, SIGTERM);
   EXPECT_EQ(WaitExit(pid), 0);
-  EXPECT_FALSE(IsMounted(mnt_));
+  EXPECT_FALSE(tu::IsMountPoint(mnt_));
 }
 
 TEST_F(LifecycleTest, SigintUnmountsAndExitsZero) {
   pid_t pid = StartForeground();
   kill(pid, SIGINT);
   EXPECT_EQ(WaitExit(pid), 0);
-  EXPECT_FALSE(IsMounted(mnt_));
+  EXPECT_FALSE(tu::IsMountPoint(mnt_));
 }
 
 TEST_F(LifecycleTest, MissingMountpointFails) {

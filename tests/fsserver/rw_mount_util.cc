@@ -31,7 +31,7 @@ void SleepMs(int ms) {
 
 ForegroundServer::~ForegroundServer() {
   if (pid_ > 0) KillAndWait(SIGKILL);
-  if (!mountpoint_.empty() && IsMounted(mountpoint_)) umount2(mountpoint_.c_str(), MNT_DETACH);
+  if (!mountpoint_.empty() && IsMountPoint(mountpoint_)) umount2(mountpoint_.c_str(), MNT_DETACH);
   if (out_fd_ >= 0) close(out_fd_);
 }
 
@@ -53,7 +53,7 @@ std::string ForegroundServer::Start(const std::string& binary, const std::string
     _exit(127);
   }
   for (int waited_ms = 0; waited_ms < 10000; waited_ms += 20) {
-    if (IsMounted(mountpoint)) return "";
+    if (IsMountPoint(mountpoint)) return "";
     int status = 0;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
@@ -136,15 +136,6 @@ std::string WithKernelMount(const std::string& image, const std::string& mountpo
   err = guard.Unmount();
   std::string detach = loop.Detach();
   return err.empty() ? detach : err;
-}
-
-bool IsMounted(const std::string& path) {
-  std::ifstream mounts("/proc/self/mounts");
-  std::string dev, mnt, rest;
-  while (mounts >> dev >> mnt && std::getline(mounts, rest)) {
-    if (mnt == path) return true;
-  }
-  return false;
 }
 
 namespace {

@@ -55,9 +55,6 @@ uint64_t SuperblockCount(const std::string& image, const std::string& field);
 std::string WithKernelMount(const std::string& image, const std::string& mountpoint,
                             const std::function<void(const std::string&)>& fn);
 
-// True if `path` is listed in /proc/self/mounts.
-bool IsMounted(const std::string& path);
-
 // Per path below `root` (relative, sorted): type, permission bits, owner, size (not for
 // directories, whose size depends on the filesystem's block size), mtime in ns, symlink target.
 // The root itself is left out. Unreadable entries get an "error ..." value.
