@@ -300,7 +300,6 @@ struct Dispatcher::Context {
   }
 
   Result<Reply> On(const wire::OpenReq& r) {
-    if (d.options_.read_only && (r.flags & O_ACCMODE) != O_RDONLY) return Unexpected(EROFS);
     IOMAPFS_ASSIGN_OR_RETURN(FileHandle fh, fs().Open(req.node, static_cast<int>(r.flags)));
     if ((r.flags & O_TRUNC) != 0 && !ReadOnly()) {
       // Without FUSE_ATOMIC_O_TRUNC the kernel truncates with SETATTR itself; with it, here.
@@ -383,6 +382,8 @@ struct Dispatcher::Context {
     return Reply::Of(wire::MakeLseekOut(off));
   }
 
+  // Modifying operations: the ext4 layer refuses them with EROFS on a read-only filesystem
+  // (opened read-only, or made read-only by errors=remount-ro), so they are not checked here.
   ext4::Caller caller() const {
     ext4::Caller c;
     c.uid = req.header.uid;
@@ -403,7 +404,6 @@ struct Dispatcher::Context {
   }
 
   Result<Reply> On(const wire::CreateReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     Result<ext4::Attr> a = fs().Create(req.node, r.name, r.mode, r.umask, caller());
     if (!a && a.error() == EEXIST && (r.flags & O_EXCL) == 0) {
       // Created by someone else since the kernel's lookup: open what is there.
@@ -418,12 +418,10 @@ struct Dispatcher::Context {
     return EntryAndOpen(*a, r.flags);
   }
   Result<Reply> On(const wire::TmpfileReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a, fs().Tmpfile(req.node, r.mode, r.umask, caller()));
     return EntryAndOpen(a, r.flags);
   }
   Result<Reply> On(const wire::MknodReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     // fuse_mknod_in.rdev is new_encode_dev()'d by the kernel.
     dev_t rdev = makedev((r.rdev & 0xfff00) >> 8, (r.rdev & 0xff) | ((r.rdev >> 12) & 0xfff00));
     IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a,
@@ -431,39 +429,32 @@ struct Dispatcher::Context {
     return Reply::Of(Entry(a));
   }
   Result<Reply> On(const wire::MkdirReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a,
                              fs().Mkdir(req.node, r.name, r.mode | S_IFDIR, r.umask, caller()));
     return Reply::Of(Entry(a));
   }
   Result<Reply> On(const wire::SymlinkReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a, fs().Symlink(req.node, r.name, r.target, caller()));
     return Reply::Of(Entry(a));
   }
   Result<Reply> On(const wire::LinkReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a, fs().Link(r.old_node, req.node, r.new_name));
     return Reply::Of(Entry(a));
   }
   Result<Reply> On(const wire::UnlinkReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     IOMAPFS_TRY(fs().Unlink(req.node, r.name));
     return Reply::Empty();
   }
   Result<Reply> On(const wire::RmdirReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     IOMAPFS_TRY(fs().Rmdir(req.node, r.name));
     return Reply::Empty();
   }
   Result<Reply> On(const wire::RenameReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     IOMAPFS_TRY(fs().Rename(req.node, r.old_name, r.new_dir, r.new_name, r.flags));
     return Reply::Empty();
   }
 
   Result<Reply> On(const wire::SetattrReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     const abi::fuse_setattr_in& in = r.in;
     ext4::Filesystem::SetAttrRequest s;
     if (in.valid & abi::FATTR_MODE) s.mode = in.mode;
@@ -490,32 +481,27 @@ struct Dispatcher::Context {
   }
 
   Result<Reply> On(const wire::WriteReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     bool kill = (r.write_flags & abi::FUSE_WRITE_KILL_SUIDGID) != 0;
     IOMAPFS_ASSIGN_OR_RETURN(size_t n, fs().Write(req.node, r.offset, r.data, false, kill));
     return Reply::Of(wire::MakeWriteOut(static_cast<uint32_t>(n)));
   }
 
   Result<Reply> On(const wire::SetxattrReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     bool kill_sgid = (r.setxattr_flags & abi::FUSE_SETXATTR_ACL_KILL_SGID) != 0;
     IOMAPFS_TRY(fs().SetXattr(req.node, r.name, r.value, static_cast<int>(r.flags), kill_sgid));
     return Reply::Empty();
   }
   Result<Reply> On(const wire::RemovexattrReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     IOMAPFS_TRY(fs().RemoveXattr(req.node, r.name));
     return Reply::Empty();
   }
   Result<Reply> On(const wire::FallocateReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     IOMAPFS_TRY(fs().Fallocate(req.node, r.mode, r.offset, r.length));
     return Reply::Empty();
   }
 
   // copy_file_range(2) through the filesystem's own read and write (no reflink in ext4).
   Result<Reply> On(const wire::CopyFileRangeReq& r) {
-    if (ReadOnly()) return Unexpected(EROFS);
     uint64_t len = r.wide ? r.len : std::min<uint64_t>(r.len, 0xfffff000u);
     uint64_t done = 0;
     constexpr size_t kChunk = 1 << 20;

@@ -40,9 +40,7 @@ Filesystem::Filesystem(std::unique_ptr<ext2::Ext2Fs> fs, const Options& options)
 Filesystem::~Filesystem() = default;
 
 uint32_t Filesystem::block_size() const { return impl_->fs->block_size(); }
-bool Filesystem::read_only() const {
-  return impl_->fs->read_only() || impl_->errors_made_read_only.load(std::memory_order_acquire);
-}
+bool Filesystem::read_only() const { return impl_->read_only(); }
 
 Result<Attr> Filesystem::Lookup(Ino parent, std::string_view name) {
   if (name.size() > kMaxNameLen) return Unexpected(ENAMETOOLONG);

@@ -108,6 +108,12 @@ struct Filesystem::Impl {
   DirIndex dirs;  // guarded by the metadata lock
   // Set once corruption was found under errors=remount-ro: every later change is refused.
   std::atomic<bool> errors_made_read_only{false};
+
+  // The one test every modifying operation makes: opened read-only, or made read-only by
+  // errors=remount-ro.
+  bool read_only() const {
+    return fs->read_only() || errors_made_read_only.load(std::memory_order_acquire);
+  }
   // Inodes with no links kept alive for the kernel (on the on-disk orphan list), and which of
   // them are O_TMPFILE inodes (linkable). Guarded by the metadata lock.
   std::unordered_set<uint64_t> orphans;

@@ -199,7 +199,7 @@ struct CreateArgs {
 static Result<Attr> MakeNode(Filesystem::Impl& impl, Ino parent, std::string_view name,
                              const CreateArgs& args, const Caller& caller) {
   const bool tmpfile = name.empty();
-  if (impl.fs->read_only()) return Unexpected(EROFS);
+  if (impl.read_only()) return Unexpected(EROFS);
   if (!tmpfile) IOMAPFS_TRY(CheckName(name));
   uint32_t mode = args.mode;
   const uint32_t fmt = mode & LINUX_S_IFMT;
@@ -411,7 +411,7 @@ Result<Attr> Filesystem::Link(Ino ino, Ino new_parent, std::string_view new_name
 
 static Result<void> RemoveName(Filesystem::Impl& impl, Ino parent, std::string_view name,
                                bool rmdir) {
-  if (impl.fs->read_only()) return Unexpected(EROFS);
+  if (impl.read_only()) return Unexpected(EROFS);
   IOMAPFS_TRY(CheckName(name));
   if (name == ".") return Unexpected(rmdir ? EINVAL : EISDIR);
   if (name == "..") return Unexpected(rmdir ? ENOTEMPTY : EISDIR);

@@ -111,6 +111,14 @@ TEST_F(ErrorsTest, RemountRoRefusesChangesAfterTheError) {
   EXPECT_EQ(CreateError(mnt_ + "/before"), 0);
   EXPECT_EQ(ReadError(mnt_ + "/bad"), EUCLEAN);
   EXPECT_EQ(CreateError(mnt_ + "/after"), EROFS);
+  // Refused at the create itself, not only at the write that follows it.
+  struct stat st;
+  EXPECT_NE(stat((mnt_ + "/after").c_str(), &st), 0);
+  EXPECT_EQ(errno, ENOENT);
+  EXPECT_EQ(mkdir((mnt_ + "/after-dir").c_str(), 0755), -1);
+  EXPECT_EQ(errno, EROFS);
+  EXPECT_EQ(unlink((mnt_ + "/before").c_str()), -1);
+  EXPECT_EQ(errno, EROFS);
   EXPECT_EQ(ReadError(mnt_ + "/good"), 0);  // reading still works
   EXPECT_EQ(ReadError(mnt_ + "/before"), 0);
   Unmount();
