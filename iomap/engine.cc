@@ -25,10 +25,9 @@ Result<void> ReadInode(const ext2::Guard& g, Ino ino, ext2_inode* inode) {
   if (n == 0 || n > g->super->s_inodes_count) return Unexpected(ENOENT);
   errcode_t err = ext2fs_read_inode(g.fs(), static_cast<ext2_ino_t>(n), inode);
   if (err != 0) return Unexpected(ext2::ErrnoFromErrcode(err));
-  // An unlinked-but-open (orphan) inode keeps its mode and has no dtime until it is freed.
-  if (inode->i_mode == 0 || (inode->i_links_count == 0 && inode->i_dtime != 0)) {
-    return Unexpected(ENOENT);
-  }
+  // Only an unused inode is refused here. Whether an unlinked inode is still live (kept open
+  // by the kernel, on the orphan list with the next orphan in i_dtime) is the caller's decision.
+  if (inode->i_mode == 0) return Unexpected(ENOENT);
   return {};
 }
 

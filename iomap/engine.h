@@ -21,6 +21,10 @@
 //     span to zero; WriteZeroSpans covers new and unwritten blocks);
 //   - every layout change invalidates the inode's cache before the lock is released.
 //
+// Liveness: the engine refuses only unused inodes (i_mode 0, ENOENT). Whether an unlinked inode
+// is still in use (open in the kernel, on the orphan list with the next orphan in i_dtime) is the
+// caller's decision, made before it calls in; the engine keeps i_dtime as it found it.
+//
 // Thread-safety: every method REQUIRES the caller to hold the metadata lock (an ext2::Guard, or
 // the Guard of an ext2::Transaction), which also protects the engine's per-inode extent cache.
 // Ownership: the Engine borrows the Ext2Fs, which must outlive it.

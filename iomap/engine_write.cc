@@ -37,7 +37,8 @@ Result<InodeBuf> ReadForWrite(const ext2::Guard& g, Ino ino) {
   if (n == 0 || n > g->super->s_inodes_count) return Unexpected(ENOENT);
   IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, InodeBuf::Read(g, static_cast<ext2_ino_t>(n)));
   const ext2_inode* i = inode.base();
-  if (i->i_mode == 0 || (i->i_links_count == 0 && i->i_dtime != 0)) return Unexpected(ENOENT);
+  // Liveness of unlinked (orphan) inodes is the caller's decision, as in ReadInode (engine.cc).
+  if (i->i_mode == 0) return Unexpected(ENOENT);
   if (LINUX_S_ISDIR(i->i_mode)) return Unexpected(EISDIR);
   if (LINUX_S_ISLNK(i->i_mode) && !inode.has_inline_data() &&
       ext2fs_is_fast_symlink(const_cast<ext2_inode*>(i))) {

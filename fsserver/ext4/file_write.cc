@@ -72,8 +72,7 @@ Result<size_t> Filesystem::Write(Ino ino, uint64_t offset, std::span<const std::
     len = std::min(len, max - pos);
 
     ext2::Transaction tx(g);
-    auto prepared =
-        impl.WithEngineView(g, ino, [&] { return impl.engine->PrepareWrite(tx, ino, pos, len); });
+    auto prepared = impl.engine->PrepareWrite(tx, ino, pos, len);
     if (!prepared) return Unexpected(impl.Check(g, prepared, ino, "write").error());
     std::vector<iomap::Mapping> maps = std::move(*prepared);
     // file_modified(): the times (and suid) change when the write starts.
@@ -86,8 +85,7 @@ Result<size_t> Filesystem::Write(Ino ino, uint64_t offset, std::span<const std::
       return WriteInode(g, ino, now_inode);
     };
     if (maps.size() == 1 && maps[0].type == iomap::MappingType::kInline) {
-      IOMAPFS_TRY(impl.WithEngineView(
-          g, ino, [&] { return impl.engine->WriteInline(tx, ino, pos, data.subspan(0, len)); }));
+      IOMAPFS_TRY(impl.engine->WriteInline(tx, ino, pos, data.subspan(0, len)));
       IOMAPFS_TRY(stamp());
       IOMAPFS_TRY(tx.Commit());
       return static_cast<size_t>(len);
@@ -137,11 +135,8 @@ Result<size_t> Filesystem::Write(Ino ino, uint64_t offset, std::span<const std::
   {
     ext2::Guard g = impl.fs->Lock();
     ext2::Transaction tx(g);
-    IOMAPFS_TRY(impl.Check(
-        g,
-        impl.WithEngineView(
-            g, ino, [&] { return impl.engine->CompleteWrite(tx, ino, pos, len, pos + len); }),
-        ino, "write"));
+    IOMAPFS_TRY(
+        impl.Check(g, impl.engine->CompleteWrite(tx, ino, pos, len, pos + len), ino, "write"));
     IOMAPFS_TRY(tx.Commit());
   }
   return static_cast<size_t>(len);
@@ -185,24 +180,19 @@ Result<void> Filesystem::Fallocate(Ino ino, uint32_t mode, uint64_t offset, uint
         constexpr uint64_t kPage = 4096;
         uint64_t end = offset + length;
         if (end > old_size) end = (old_size + kPage - 1) / kPage * kPage;
-        auto punched = impl.WithEngineView(
-            g, ino, [&] { return impl.engine->Punch(tx, ino, offset, end - offset); });
+        auto punched = impl.engine->Punch(tx, ino, offset, end - offset);
         if (!punched) return Unexpected(impl.Check(g, punched, ino, "fallocate").error());
         spans = std::move(*punched);
       }
     } else if (zero) {
       if ((inode.flags() & EXT4_EXTENTS_FL) == 0) return Unexpected(EOPNOTSUPP);
-      auto zeroed = impl.WithEngineView(
-          g, ino, [&] { return impl.engine->ZeroRange(tx, ino, offset, length, keep); });
+      auto zeroed = impl.engine->ZeroRange(tx, ino, offset, length, keep);
       if (!zeroed) return Unexpected(impl.Check(g, zeroed, ino, "fallocate").error());
       spans = std::move(*zeroed);
     } else {
       if ((inode.flags() & EXT4_EXTENTS_FL) == 0) return Unexpected(EOPNOTSUPP);
-      IOMAPFS_TRY(impl.Check(
-          g,
-          impl.WithEngineView(g, ino,
-                              [&] { return impl.engine->Allocate(tx, ino, offset, length, keep); }),
-          ino, "fallocate"));
+      IOMAPFS_TRY(
+          impl.Check(g, impl.engine->Allocate(tx, ino, offset, length, keep), ino, "fallocate"));
     }
     if (times) {
       IOMAPFS_ASSIGN_OR_RETURN(InodeBuf after, impl.ReadLive(g, ino));

@@ -105,8 +105,7 @@ Result<std::string> Filesystem::ReadLink(Ino ino) {
     len = static_cast<size_t>(std::min<uint64_t>(size, bs - 1));
     if ((inode.flags() & kFlagInlineData) != 0) {
       std::vector<std::byte> buf(len);
-      auto inl =
-          impl_->WithEngineView(g, ino, [&] { return impl_->engine->ReadInline(g, ino, 0, buf); });
+      auto inl = impl_->engine->ReadInline(g, ino, 0, buf);
       if (!inl) return Unexpected(inl.error());
       size_t n = *inl;
       std::string target(reinterpret_cast<const char*>(buf.data()), n);
@@ -118,8 +117,7 @@ Result<std::string> Filesystem::ReadLink(Ino ino) {
       return std::string(p, strnlen(p, len));
     }
     if (len == 0) return std::string();
-    auto mapped =
-        impl_->WithEngineView(g, ino, [&] { return impl_->engine->Map(g, ino, 0, len, 0); });
+    auto mapped = impl_->engine->Map(g, ino, 0, len, 0);
     if (!mapped) return Unexpected(mapped.error());
     iomap::Mapping m = *mapped;
     if (m.type == iomap::MappingType::kUnwritten) return std::string();
@@ -200,8 +198,7 @@ Result<size_t> Filesystem::Read(Ino ino, uint64_t offset, std::span<std::byte> b
     uint64_t size = InodeSize(g.fs(), inode);
     if (offset >= size) return size_t{0};
     len = static_cast<size_t>(std::min<uint64_t>(buf.size(), size - offset));
-    auto ranged = impl_->WithEngineView(
-        g, ino, [&] { return impl_->engine->MapRange(g, ino, offset, len, 0); });
+    auto ranged = impl_->engine->MapRange(g, ino, offset, len, 0);
     if (!ranged) return Unexpected(impl_->Check(g, std::move(ranged), ino, "read").error());
     std::vector<iomap::Mapping> maps = std::move(*ranged);
     const uint64_t end = offset + len;
@@ -215,8 +212,7 @@ Result<size_t> Filesystem::Read(Ino ino, uint64_t offset, std::span<std::byte> b
           reads.push_back(PendingRead{dst, m.addr + (start - m.offset)});
           break;
         case iomap::MappingType::kInline: {
-          auto inl = impl_->WithEngineView(
-              g, ino, [&] { return impl_->engine->ReadInline(g, ino, start, dst); });
+          auto inl = impl_->engine->ReadInline(g, ino, start, dst);
           if (!inl) return Unexpected(inl.error());
           size_t n = *inl;
           std::memset(dst.data() + n, 0, dst.size() - n);
@@ -255,8 +251,7 @@ Result<uint64_t> Filesystem::Lseek(Ino ino, uint64_t offset, int whence) {
   if (offset >= size) return Unexpected(ENXIO);
   uint64_t pos = offset;
   while (pos < size) {
-    auto mapped = impl_->WithEngineView(
-        g, ino, [&] { return impl_->engine->Map(g, ino, pos, size - pos, iomap::kOpReport); });
+    auto mapped = impl_->engine->Map(g, ino, pos, size - pos, iomap::kOpReport);
     if (!mapped) return Unexpected(mapped.error());
     iomap::Mapping m = *mapped;
     // iomap_seek_data/hole: without dirty page cache an unwritten extent reads as a hole.
@@ -315,6 +310,20 @@ Result<void> Filesystem::Access(Ino ino, int mask, const Caller& caller) {
 // For the iomap operations (iomap_ops.cc).
 ext2::Ext2Fs& Filesystem::ext2fs() { return *impl_->fs; }
 iomap::Engine& Filesystem::engine() { return *impl_->engine; }
+
+Result<ext2::InodeBuf> Filesystem::ReadRegular(const ext2::Guard& g, Ino ino) {
+  IOMAPFS_ASSIGN_OR_RETURN(ext2::InodeBuf inode,
+                           ext2::InodeBuf::Read(g, static_cast<ext2_ino_t>(ino.value())));
+  const ext2_inode* i = inode.base();
+  // Deleted, unless it is an orphan this server keeps alive for the kernel (its i_dtime then
+  // links the orphan list).
+  if (i->i_mode == 0 ||
+      (i->i_links_count == 0 && i->i_dtime != 0 && impl_->orphans.count(ino.value()) == 0)) {
+    return Unexpected(ENOENT);
+  }
+  if (!LINUX_S_ISREG(i->i_mode)) return Unexpected(EINVAL);
+  return inode;
+}
 
 Result<void> Filesystem::Close() {
   {

@@ -21,6 +21,7 @@
 #include "base/result.h"
 #include "base/strong_id.h"
 #include "ext2/ext2_fs.h"
+#include "ext2/inode_buf.h"
 #include "iomap/mapping.h"
 
 namespace iomapfs::iomap {
@@ -289,6 +290,10 @@ class Filesystem {
  private:
   ext2::Ext2Fs& ext2fs();
   iomap::Engine& engine();
+  // Reads `ino` for an iomap request: a live inode (orphans kept open included) that is a regular
+  // file. REQUIRES: g holds the metadata lock. Errors: ENOENT unused or deleted; EINVAL not a
+  // regular file; EUCLEAN.
+  Result<ext2::InodeBuf> ReadRegular(const ext2::Guard& g, Ino ino);
 
  public:
   // The implementation's state; internal to fsserver/ext4 (fs_impl.h), public only so that the

@@ -80,13 +80,6 @@ struct Filesystem::Impl {
   // REQUIRES: g holds the metadata lock.
   Result<void> ReleaseOrphan(const ext2::Guard& g, Ino ino);
 
-  // Runs `fn` while the engine can see orphan `ino`: the engine treats an unlinked inode with a
-  // dtime as deleted, and on the orphan list i_dtime holds the next orphan. The link is hidden
-  // (dtime 0) for the duration and restored before the lock is released.
-  // TODO(engine): drop this once the engine lets the filesystem decide which inodes are live.
-  template <class Fn>
-  auto WithEngineView(const ext2::Guard& g, Ino ino, Fn&& fn) -> decltype(fn());
-
   // Records corruption found at run time in the superblock (EXT2_ERROR_FS, error count, first
   // and last error time/inode/function), as ext4's __ext4_error does.
   // REQUIRES: g holds the metadata lock.
@@ -127,25 +120,5 @@ struct Filesystem::Impl {
   std::unordered_map<uint64_t, std::shared_ptr<const DirSnapshot>> dir_handles;  // handles_mu
   std::atomic<uint64_t> next_fh{1};
 };
-
-template <class Fn>
-auto Filesystem::Impl::WithEngineView(const ext2::Guard& g, Ino ino, Fn&& fn) -> decltype(fn()) {
-  if (orphans.count(ino.value()) == 0) return fn();
-  auto inode = ReadInode(g, ino, true);
-  if (!inode || inode->raw.i_dtime == 0) return fn();
-  uint32_t next = inode->raw.i_dtime;
-  inode->raw.i_dtime = 0;
-  int size = static_cast<int>(std::min<size_t>(sizeof(inode->raw), inode->inode_size));
-  auto n = static_cast<ext2_ino_t>(ino.value());
-  if (ext2fs_write_inode_full(g.fs(), n, inode->base(), size) != 0) return fn();
-  auto result = fn();
-  // The engine may have rewritten the inode: restore the link on what is on disk now.
-  auto after = ReadInode(g, ino, true);
-  if (after) {
-    after->raw.i_dtime = next;
-    (void)ext2fs_write_inode_full(g.fs(), n, after->base(), size);
-  }
-  return result;
-}
 
 }  // namespace iomapfs::ext4

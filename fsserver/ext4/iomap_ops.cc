@@ -35,14 +35,6 @@ uint64_t Ext4MaxSize(uint32_t blkbits, bool huge_file) {
   return std::min(res, upper);
 }
 
-// Reads `ino` and checks that it is a regular file.
-Result<ext2::InodeBuf> ReadRegular(const ext2::Guard& g, Ino ino) {
-  IOMAPFS_ASSIGN_OR_RETURN(ext2::InodeBuf inode,
-                           ext2::InodeBuf::Read(g, static_cast<ext2_ino_t>(ino.value())));
-  if (!LINUX_S_ISREG(inode.base()->i_mode)) return Unexpected(EINVAL);
-  return inode;
-}
-
 // Freed-block log per ext2_filsys (libext2fs's callbacks carry no context pointer of ours).
 // The callbacks run under that filesystem's metadata lock; g_freed_mu is a leaf below it.
 struct FreedLog {

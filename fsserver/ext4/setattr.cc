@@ -57,8 +57,7 @@ Result<Attr> Filesystem::SetAttr(Ino ino, const SetAttrRequest& req, const Calle
       if (*req.size > max) return Unexpected(EFBIG);
       if (*req.size != InodeSize(fs, inode)) {
         ext2::Transaction tx(g);
-        auto truncated =
-            impl.WithEngineView(g, ino, [&] { return impl.engine->Truncate(tx, ino, *req.size); });
+        auto truncated = impl.engine->Truncate(tx, ino, *req.size);
         if (!truncated) return Unexpected(impl.Check(g, truncated, ino, "setattr").error());
         spans = std::move(*truncated);
         IOMAPFS_TRY(tx.Commit());

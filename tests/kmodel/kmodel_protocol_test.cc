@@ -473,5 +473,41 @@ TEST_F(KmodelProtocolTest, AtomicWritesWhereAllowed) {
   }
 }
 
+// An unlinked file that is still open lives on in the kernel and takes I/O like any other: the
+// server keeps it on the on-disk orphan list, whose link sits in i_dtime, and still answers BEGIN,
+// allocations and IOEND for it. The second file unlinked is the one whose i_dtime is non-zero.
+TEST_F(KmodelProtocolTest, OpenUnlinkedFilesTakeIo) {
+  ModelOptions m;
+  m.cache = false;  // every read goes to BEGIN
+  m.bpf = false;
+  auto h = Start({}, m);
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  auto [first, fh1] = *km.Create(abi::FUSE_ROOT_ID, "first");
+  auto [second, fh2] = *km.Create(abi::FUSE_ROOT_ID, "second");
+  const auto d1 = Pattern(64 << 10, 5);
+  ASSERT_TRUE(km.Write(first, 0, d1, /*direct=*/true));
+  ASSERT_TRUE(km.Unlink(abi::FUSE_ROOT_ID, "first"));
+  ASSERT_TRUE(km.Unlink(abi::FUSE_ROOT_ID, "second"));
+  for (uint64_t node : {first, second}) {
+    const uint64_t begins = km.counters().BeginUpcalls();
+    const auto data = Pattern(192 << 10, static_cast<uint8_t>(node));
+    auto w = km.Write(node, 4096, data, /*direct=*/true);  // allocates: BEGIN + IOEND
+    ASSERT_TRUE(w) << "node " << node << ": " << strerror(w.error());
+    auto got = km.Read(node, 4096, data.size());
+    ASSERT_TRUE(got) << "node " << node << ": " << strerror(got.error());
+    EXPECT_EQ(*got, data);
+    EXPECT_GT(km.counters().BeginUpcalls(), begins);
+    ASSERT_TRUE(km.Truncate(node, 8192));
+    EXPECT_EQ(km.GetAttr(node)->size, 8192u);
+  }
+  EXPECT_TRUE(km.rejections().empty());
+  ASSERT_TRUE(km.Release(first, fh1));
+  ASSERT_TRUE(km.Release(second, fh2));
+  ASSERT_TRUE(km.Evict(first));
+  ASSERT_TRUE(km.Evict(second));
+  StopAndFsck(h);
+}
+
 }  // namespace
 }  // namespace iomapfs::kmodel
