@@ -39,6 +39,7 @@
 #include "base/result.h"
 #include "base/strong_id.h"
 #include "ext2/ext2_fs.h"
+#include "ext2/inode_buf.h"
 #include "ext2/transaction.h"
 #include "iomap/mapping.h"
 
@@ -206,6 +207,13 @@ class Engine {
   static constexpr uint64_t kIndirectMaxBlocks = 2048;
 
  private:
+  // The prologue of every layout change: `ino` read for writing (ENOENT unused, EISDIR, EINVAL
+  // fast symlink, EROFS), the range [pos, pos + len) (EINVAL empty) or the new size (EFBIG past
+  // MaxFileSize()) checked, and the cached layout of `ino` dropped before anything changes.
+  // REQUIRES: g holds the metadata lock.
+  Result<ext2::InodeBuf> ReadForChange(const ext2::Guard& g, Ino ino, uint64_t pos, uint64_t len);
+  Result<ext2::InodeBuf> ReadForResize(const ext2::Guard& g, Ino ino, uint64_t new_size);
+
   struct Cache;
   ext2::Ext2Fs& fs_;
   std::unique_ptr<Cache> cache_;  // guarded by the metadata lock

@@ -155,8 +155,8 @@ Result<void> RewriteInline(Transaction& tx, Ino ino, uint64_t new_size, uint64_t
 
 // Converts an inline-data file to a block-mapped one (extents if the filesystem has them), as
 // ext4 does when inline data outgrows the inode. i_size is kept; the rest of the new block
-// reads as zeros.
-Result<void> ExpandInline(Transaction& tx, Ino ino) {
+// reads as zeros. Returns: the inode as it is now (for writing, as ReadForWrite).
+Result<InodeBuf> ExpandInline(Transaction& tx, Ino ino) {
   const ext2::Guard& g = tx.guard();
   IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, InodeBuf::Read(g, Raw(ino)));
   const uint64_t size = inode.size();
@@ -166,13 +166,14 @@ Result<void> ExpandInline(Transaction& tx, Ino ino) {
   errcode_t err = ext2fs_inline_data_expand(g.fs(), Raw(ino));
   if (err != 0) {
     LOG_WARNING("inode %u: converting inline data to blocks: %s", Raw(ino), error_message(err));
-    return FromErrcode(err);
+    return Unexpected(FromErrcode(err).error());
   }
   tx.NoteInode(Raw(ino));
   tx.NoteAllocation();
   IOMAPFS_ASSIGN_OR_RETURN(InodeBuf fresh, InodeBuf::Read(g, Raw(ino)));
   IOMAPFS_TRY(fresh.SetSize(g, size));
-  return tx.WriteInode(Raw(ino), fresh);
+  IOMAPFS_TRY(tx.WriteInode(Raw(ino), fresh));
+  return ReadForWrite(g, ino);
 }
 
 // ---- Extent files.
@@ -578,11 +579,24 @@ Result<uint64_t> Engine::MaxFileSize(const ext2::Guard& g, Ino ino) {
   return MaxSizeOf(g.fs(), inode);
 }
 
+Result<InodeBuf> Engine::ReadForChange(const ext2::Guard& g, Ino ino, uint64_t pos, uint64_t len) {
+  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForWrite(g, ino));
+  IOMAPFS_TRY(CheckRange(g.fs(), inode, pos, len));
+  Invalidate(g, ino);
+  return inode;
+}
+
+Result<InodeBuf> Engine::ReadForResize(const ext2::Guard& g, Ino ino, uint64_t new_size) {
+  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForWrite(g, ino));
+  if (new_size > MaxSizeOf(g.fs(), inode)) return Unexpected(EFBIG);
+  Invalidate(g, ino);
+  return inode;
+}
+
 Result<std::vector<Mapping>> Engine::PrepareWrite(Transaction& tx, Ino ino, uint64_t pos,
                                                   uint64_t len) {
   const ext2::Guard& g = tx.guard();
-  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForWrite(g, ino));
-  IOMAPFS_TRY(CheckRange(g.fs(), inode, pos, len));
+  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForChange(g, ino, pos, len));
   const uint64_t bs = fs_.block_size();
   const uint64_t end = pos + len;
   if (inode.has_inline_data()) {
@@ -591,13 +605,10 @@ Result<std::vector<Mapping>> Engine::PrepareWrite(Transaction& tx, Ino ino, uint
       return std::vector<Mapping>{
           Mapping{0, std::max(inode.size(), end), kNullAddr, MappingType::kInline, 0}};
     }
-    Invalidate(g, ino);
-    IOMAPFS_TRY(ExpandInline(tx, ino));
-    IOMAPFS_ASSIGN_OR_RETURN(inode, ReadForWrite(g, ino));
+    IOMAPFS_ASSIGN_OR_RETURN(inode, ExpandInline(tx, ino));
   }
   const uint64_t lb = pos / bs;
   const uint64_t le = CeilDiv(end, bs);
-  Invalidate(g, ino);
   if (!inode.has_extents()) {
     return Finish(tx, ino, inode, PrepareIndirect(tx, ino, inode, lb, le));
   }
@@ -635,16 +646,13 @@ Result<size_t> Engine::WriteInline(Transaction& tx, Ino ino, uint64_t pos,
 Result<void> Engine::CompleteWrite(Transaction& tx, Ino ino, uint64_t pos, uint64_t len,
                                    uint64_t new_size) {
   const ext2::Guard& g = tx.guard();
-  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForWrite(g, ino));
-  if (new_size > MaxSizeOf(g.fs(), inode)) return Unexpected(EFBIG);
+  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForResize(g, ino, new_size));
   const uint64_t bs = fs_.block_size();
-  Invalidate(g, ino);
   if (inode.has_inline_data()) {
     if (new_size <= inode.size()) return {};
     IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacityOf(g, Raw(ino)));
     if (new_size <= cap) return RewriteInline(tx, ino, new_size, 0, {}, 0, 0);
-    IOMAPFS_TRY(ExpandInline(tx, ino));
-    IOMAPFS_ASSIGN_OR_RETURN(inode, ReadForWrite(g, ino));
+    IOMAPFS_ASSIGN_OR_RETURN(inode, ExpandInline(tx, ino));
   }
   if (len > 0 && inode.has_extents()) {
     if (pos >= kExtentLblkLimit * bs) return Unexpected(EFBIG);
@@ -681,11 +689,9 @@ Result<void> Engine::CompleteWrite(Transaction& tx, Ino ino, uint64_t pos, uint6
 
 Result<std::vector<ZeroSpan>> Engine::Truncate(Transaction& tx, Ino ino, uint64_t new_size) {
   const ext2::Guard& g = tx.guard();
-  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForWrite(g, ino));
-  if (new_size > MaxSizeOf(g.fs(), inode)) return Unexpected(EFBIG);
+  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForResize(g, ino, new_size));
   const uint64_t bs = fs_.block_size();
   const uint64_t old_size = inode.size();
-  Invalidate(g, ino);
   std::vector<ZeroSpan> spans;
   if (inode.has_inline_data()) {
     IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacityOf(g, Raw(ino)));
@@ -693,8 +699,7 @@ Result<std::vector<ZeroSpan>> Engine::Truncate(Transaction& tx, Ino ino, uint64_
       IOMAPFS_TRY(RewriteInline(tx, ino, new_size, 0, {}, 0, 0));
       return spans;
     }
-    IOMAPFS_TRY(ExpandInline(tx, ino));
-    IOMAPFS_ASSIGN_OR_RETURN(inode, ReadForWrite(g, ino));
+    IOMAPFS_ASSIGN_OR_RETURN(inode, ExpandInline(tx, ino));
   }
   // As ext4_setattr: truncating to the current size still drops blocks preallocated past EOF.
   if (new_size <= old_size) {
@@ -732,11 +737,9 @@ Result<std::vector<ZeroSpan>> Engine::Truncate(Transaction& tx, Ino ino, uint64_
 
 Result<std::vector<ZeroSpan>> Engine::Punch(Transaction& tx, Ino ino, uint64_t pos, uint64_t len) {
   const ext2::Guard& g = tx.guard();
-  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForWrite(g, ino));
-  IOMAPFS_TRY(CheckRange(g.fs(), inode, pos, len));
+  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForChange(g, ino, pos, len));
   const uint64_t bs = fs_.block_size();
   const uint64_t end = pos + len;
-  Invalidate(g, ino);
   if (inode.has_inline_data()) {
     if (pos < inode.size()) IOMAPFS_TRY(RewriteInline(tx, ino, inode.size(), 0, {}, pos, end));
     return std::vector<ZeroSpan>();
@@ -762,14 +765,11 @@ Result<std::vector<ZeroSpan>> Engine::Punch(Transaction& tx, Ino ino, uint64_t p
 Result<void> Engine::Allocate(Transaction& tx, Ino ino, uint64_t pos, uint64_t len,
                               bool keep_size) {
   const ext2::Guard& g = tx.guard();
-  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForWrite(g, ino));
-  IOMAPFS_TRY(CheckRange(g.fs(), inode, pos, len));
+  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForChange(g, ino, pos, len));
   const uint64_t bs = fs_.block_size();
   const uint64_t end = pos + len;
-  Invalidate(g, ino);
   if (inode.has_inline_data()) {
-    IOMAPFS_TRY(ExpandInline(tx, ino));
-    IOMAPFS_ASSIGN_OR_RETURN(inode, ReadForWrite(g, ino));
+    IOMAPFS_ASSIGN_OR_RETURN(inode, ExpandInline(tx, ino));
   }
   if (!inode.has_extents()) return Unexpected(EOPNOTSUPP);
   IOMAPFS_ASSIGN_OR_RETURN(ExtentTree t, ExtentTree::Open(g, Raw(ino), &inode));
@@ -782,11 +782,9 @@ Result<void> Engine::Allocate(Transaction& tx, Ino ino, uint64_t pos, uint64_t l
 Result<std::vector<ZeroSpan>> Engine::ZeroRange(Transaction& tx, Ino ino, uint64_t pos,
                                                 uint64_t len, bool keep_size) {
   const ext2::Guard& g = tx.guard();
-  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForWrite(g, ino));
-  IOMAPFS_TRY(CheckRange(g.fs(), inode, pos, len));
+  IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, ReadForChange(g, ino, pos, len));
   const uint64_t bs = fs_.block_size();
   const uint64_t end = pos + len;
-  Invalidate(g, ino);
   if (inode.has_inline_data()) {
     uint64_t new_size = keep_size ? inode.size() : std::max(inode.size(), end);
     IOMAPFS_ASSIGN_OR_RETURN(uint64_t cap, InlineCapacityOf(g, Raw(ino)));
@@ -794,8 +792,7 @@ Result<std::vector<ZeroSpan>> Engine::ZeroRange(Transaction& tx, Ino ino, uint64
       IOMAPFS_TRY(RewriteInline(tx, ino, new_size, 0, {}, pos, end));
       return std::vector<ZeroSpan>();
     }
-    IOMAPFS_TRY(ExpandInline(tx, ino));
-    IOMAPFS_ASSIGN_OR_RETURN(inode, ReadForWrite(g, ino));
+    IOMAPFS_ASSIGN_OR_RETURN(inode, ExpandInline(tx, ino));
   }
   if (!inode.has_extents()) return Unexpected(EOPNOTSUPP);
   IOMAPFS_ASSIGN_OR_RETURN(ExtentTree t, ExtentTree::Open(g, Raw(ino), &inode));
