@@ -127,7 +127,8 @@ class IomapHandler {
   void AfterRequest(const wire::Request& req, bool ok, ReplySink& sink);
 
   // FREEZE_FS: syncs, then refuses new allocations (EROFS) until UNFREEZE_FS.
-  // SHUTDOWN_FS: from then on BEGIN, END and IOEND fail with EIO (§8).
+  // SHUTDOWN_FS: from then on BEGIN, END and IOEND fail with EIO (§8). The Dispatcher refuses
+  // every other operation itself (Dispatcher::shut_down()).
   Result<void> Freeze();
   Result<void> Unfreeze();
   Result<void> Shutdown();

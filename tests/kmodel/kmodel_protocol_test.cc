@@ -25,6 +25,30 @@ std::vector<std::byte> Pattern(size_t n, uint8_t seed) {
   return v;
 }
 
+// A request body: the fixed part, then NUL-terminated names, then raw bytes.
+template <class T>
+std::vector<std::byte> Body(const T& fixed, std::initializer_list<std::string_view> names = {},
+                            std::span<const std::byte> data = {}) {
+  std::vector<std::byte> b(sizeof(T));
+  std::memcpy(b.data(), &fixed, sizeof(T));
+  for (std::string_view n : names) {
+    auto bytes = std::as_bytes(std::span<const char>(n));
+    b.insert(b.end(), bytes.begin(), bytes.end());
+    b.push_back(std::byte{0});
+  }
+  b.insert(b.end(), data.begin(), data.end());
+  return b;
+}
+std::vector<std::byte> Names(std::initializer_list<std::string_view> names) {
+  std::vector<std::byte> b;
+  for (std::string_view n : names) {
+    auto bytes = std::as_bytes(std::span<const char>(n));
+    b.insert(b.end(), bytes.begin(), bytes.end());
+    b.push_back(std::byte{0});
+  }
+  return b;
+}
+
 bool AllZero(const std::vector<std::byte>& v) {
   return std::all_of(v.begin(), v.end(), [](std::byte b) { return b == std::byte{0}; });
 }
@@ -168,6 +192,133 @@ TEST_F(KmodelProtocolTest, FreezeUnfreezeShutdownSyncfs) {
   EXPECT_EQ(r.error(), EIO);
   (void)km.Release(node, fh);
   StopAndFsck(h);
+}
+
+// §8 (fuse4fs: SHUTDOWN "refuses further operations with EIO"): after SHUTDOWN_FS every
+// operation, reads and metadata changes alike, answers EIO; only what tears the mount down
+// (RELEASE, FLUSH, FORGET, DESTROY) still works. Nothing requested after the shutdown reaches the
+// image, which stays consistent: e2fsck is clean after unmount and a new mount sees exactly the
+// state of the moment of the shutdown (an open-unlinked file is gone, as at any unmount).
+TEST_F(KmodelProtocolTest, ShutdownRefusesEveryOperationButTeardown) {
+  auto h = Start();
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  const uint64_t root = abi::FUSE_ROOT_ID;
+  auto [f, fh] = *km.Create(root, "f");
+  const auto data = Pattern(64 << 10, 7);
+  ASSERT_TRUE(km.Write(f, 0, data));
+  ASSERT_TRUE(km.Fsync(f, fh));
+  abi::fuse_mkdir_in mk{0755, 022};
+  ASSERT_TRUE(km.RawRequest(abi::FUSE_MKDIR, root, Body(mk, {"d"})));
+  auto [o, fho] = *km.Create(root, "orphan");
+  ASSERT_TRUE(km.Write(o, 0, Pattern(16 << 10, 1), /*direct=*/true));
+  ASSERT_TRUE(km.Unlink(root, "orphan"));  // open and unlinked: on the orphan list
+
+  ASSERT_TRUE(km.Shutdown());
+  EXPECT_TRUE(h->dispatcher().shut_down());
+  abi::fuse_setattr_in sa{};
+  sa.valid = abi::FATTR_MODE;
+  sa.mode = 0100600;
+  abi::fuse_write_in wr{};
+  wr.fh = fh;
+  wr.size = 4096;
+  abi::fuse_read_in rd{};
+  rd.fh = fh;
+  rd.size = 4096;
+  abi::fuse_setxattr_in sx{};
+  sx.size = 4;
+  abi::fuse_getxattr_in gx{};
+  gx.size = 64;
+  abi::fuse_rename_in rn{root};
+  abi::fuse_open_in op{};
+  op.flags = O_RDONLY;
+  abi::fuse_create_in cr{};
+  cr.flags = O_RDWR | O_CREAT;
+  cr.mode = 0100644;
+  abi::fuse_fsync_in fs{};
+  fs.fh = fh;
+  abi::fuse_statx_in st{};
+  abi::fuse_iomap_begin_in bg{};
+  bg.attr_ino = f;  // node id = inode number for non-root nodes
+  bg.count = 4096;
+  const std::vector<std::byte> four(4, std::byte{'x'});
+  const std::vector<std::byte> block(4096, std::byte{'y'});
+  struct Case {
+    const char* what;
+    uint32_t opcode;
+    uint64_t node;
+    std::vector<std::byte> body;
+  };
+  const std::vector<Case> cases = {
+      {"LOOKUP", abi::FUSE_LOOKUP, root, Names({"f"})},
+      {"GETATTR", abi::FUSE_GETATTR, f, Body(abi::fuse_getattr_in{})},
+      {"STATX", abi::FUSE_STATX, f, Body(st)},
+      {"MKDIR", abi::FUSE_MKDIR, root, Body(mk, {"d2"})},
+      {"CREATE", abi::FUSE_CREATE, root, Body(cr, {"new"})},
+      {"UNLINK", abi::FUSE_UNLINK, root, Names({"f"})},
+      {"RMDIR", abi::FUSE_RMDIR, root, Names({"d"})},
+      {"RENAME", abi::FUSE_RENAME, root, Body(rn, {"f", "g"})},
+      {"SYMLINK", abi::FUSE_SYMLINK, root, Names({"s", "f"})},
+      {"SETATTR", abi::FUSE_SETATTR, f, Body(sa)},
+      {"WRITE", abi::FUSE_WRITE, f, Body(wr, {}, block)},
+      {"READ", abi::FUSE_READ, f, Body(rd)},
+      {"SETXATTR", abi::FUSE_SETXATTR, f,
+       [&] {
+         std::vector<std::byte> b(abi::FUSE_COMPAT_SETXATTR_IN_SIZE);
+         std::memcpy(b.data(), &sx, b.size());
+         auto rest = Names({"user.k"});
+         b.insert(b.end(), rest.begin(), rest.end());
+         b.insert(b.end(), four.begin(), four.end());
+         return b;
+       }()},
+      {"GETXATTR", abi::FUSE_GETXATTR, f, Body(gx, {"user.k"})},
+      {"OPEN", abi::FUSE_OPEN, f, Body(op)},
+      {"OPENDIR", abi::FUSE_OPENDIR, root, Body(op)},
+      {"STATFS", abi::FUSE_STATFS, root, {}},
+      {"FSYNC", abi::FUSE_FSYNC, f, Body(fs)},
+      {"SYNCFS", abi::FUSE_SYNCFS, root, Body(abi::fuse_syncfs_in{})},
+      {"FREEZE_FS", abi::FUSE_FREEZE_FS, root, Body(abi::fuse_freezefs_in{})},
+      {"IOMAP_BEGIN", abi::FUSE_IOMAP_BEGIN, f, Body(bg)},
+  };
+  for (const Case& c : cases) {
+    auto r = km.RawRequest(c.opcode, c.node, c.body);
+    ASSERT_FALSE(r) << c.what << " succeeded after SHUTDOWN_FS";
+    EXPECT_EQ(r.error(), EIO) << c.what;
+  }
+  EXPECT_EQ(km.Write(f, 0, data, /*direct=*/true).error(), EIO);
+  // Teardown still works: close (FLUSH + RELEASE), eviction (FORGET), unmount (DESTROY).
+  abi::fuse_flush_in fl{};
+  fl.fh = fh;
+  EXPECT_TRUE(km.RawRequest(abi::FUSE_FLUSH, f, Body(fl)));
+  EXPECT_TRUE(km.Release(f, fh));  // nothing dirty to write back: RELEASE only
+  EXPECT_TRUE(km.Release(o, fho));
+  EXPECT_TRUE(km.Evict(o));  // the last reference of the unlinked file: it is freed
+  EXPECT_TRUE(km.Shutdown());
+  StopAndFsck(h);
+
+  // What the image holds is the state at the shutdown.
+  auto h2 = Start();
+  ASSERT_NE(h2, nullptr);
+  KernelModel& k2 = h2->model();
+  auto f2 = k2.Lookup(root, "f");
+  ASSERT_TRUE(f2);
+  auto got = k2.Read(*f2, 0, data.size() + 1);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, data);
+  EXPECT_TRUE(k2.Lookup(root, "d"));
+  for (const char* gone : {"d2", "new", "g", "s", "orphan"}) {
+    auto l = k2.Lookup(root, gone);
+    ASSERT_FALSE(l) << gone;
+    EXPECT_EQ(l.error(), ENOENT) << gone;
+  }
+  abi::fuse_getxattr_in q{};
+  auto x = k2.RawRequest(abi::FUSE_GETXATTR, *f2, Body(q, {"user.k"}));
+  ASSERT_FALSE(x);
+  EXPECT_EQ(x.error(), ENODATA);
+  auto attr = k2.GetAttr(*f2);
+  ASSERT_TRUE(attr);
+  EXPECT_EQ(attr->mode & 07777, 0644u);
+  StopAndFsck(h2);
 }
 
 // §7, §12.1: with a 256-byte (8-record) per-fork limit advertised in CONFIG, the server never
