@@ -556,8 +556,8 @@ struct Dispatcher::Context {
     IOMAPFS_ASSIGN_OR_RETURN(abi::fuse_iomap_ioend_out out, d.iomap_->Ioend(req, r, sink));
     return Reply::Of(out);
   }
-  Result<Reply> On(const wire::FreezeReq&) {
-    IOMAPFS_TRY(d.iomap_->Freeze());
+  Result<Reply> On(const wire::FreezeReq& r) {
+    IOMAPFS_TRY(d.iomap_->Freeze(r.unlinked));
     return Reply::Empty();
   }
   Result<Reply> On(const wire::UnfreezeReq&) {

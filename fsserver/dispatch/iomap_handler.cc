@@ -380,12 +380,13 @@ Result<abi::fuse_iomap_begin_out> IomapHandler::Begin(const wire::Request& req,
   std::vector<iomap::Mapping> maps;
   bool allocated = false;
   if (write_op) {
-    if ((op & abi::FUSE_IOMAP_OP_NOWAIT) != 0 || frozen_.load()) {
+    const bool frozen = fs_.frozen();
+    if ((op & abi::FUSE_IOMAP_OP_NOWAIT) != 0 || frozen) {
       // Allocation blocks (metadata I/O, the lock): NOWAIT callers retry without it. A frozen
       // filesystem takes no new allocations; existing storage is still handed out.
       IOMAPFS_ASSIGN_OR_RETURN(iomap::Mapping m, fs_.IomapRead(ino, r.pos, 0));
       if (m.type == iomap::MappingType::kHole && (op & abi::FUSE_IOMAP_OP_ZERO) == 0) {
-        return Unexpected(frozen_.load() ? EROFS : EAGAIN);
+        return Unexpected(frozen ? EROFS : EAGAIN);
       }
     }
     IOMAPFS_ASSIGN_OR_RETURN(maps, fs_.IomapWrite(ino, r.pos, r.count, op, &allocated));
@@ -558,16 +559,14 @@ void IomapHandler::AfterRequest(const wire::Request& req, bool ok, ReplySink& si
   }
 }
 
-Result<void> IomapHandler::Freeze() {
+Result<void> IomapHandler::Freeze(uint64_t unlinked) {
   if (!enabled()) return Unexpected(ENOSYS);
-  IOMAPFS_TRY(fs_.IomapSync());
-  frozen_.store(true);
-  return {};
+  return fs_.Freeze(unlinked);
 }
 
 Result<void> IomapHandler::Unfreeze() {
-  frozen_.store(false);
-  return {};
+  if (!enabled()) return Unexpected(ENOSYS);
+  return fs_.Thaw();
 }
 
 Result<void> IomapHandler::Shutdown() {

@@ -19,6 +19,9 @@
 //            sent; then it is upserted and, where allowed, the reply is RETRY_CACHE (§12.6).
 //   END      raises the on-disk size after size-extending buffered writes (§5, §14.4).
 //   IOEND    converts unwritten extents and raises the size; the reply carries it (§6).
+//   FREEZE   (§8, as fuse4fs) writes the superblock clean unless inodes await removal, syncs, and
+//            refuses every change with EROFS until UNFREEZE (not clean again, writable).
+//   SHUTDOWN (§8) flushes; the Dispatcher then answers everything but teardown with EIO.
 //   After layout-changing requests (truncate, O_TRUNC open, fallocate, copy_file_range) the file's
 //   cached mappings are INValidated (§12.4) and its BPF program replaced before the reply is sent;
 //   FORGET drops the program (the inode number may be reused). Blocks freed by any request are
@@ -126,10 +129,14 @@ class IomapHandler {
   // Called for every request after its handler ran and before its reply is sent.
   void AfterRequest(const wire::Request& req, bool ok, ReplySink& sink);
 
-  // FREEZE_FS: syncs, then refuses new allocations (EROFS) until UNFREEZE_FS.
+  // FREEZE_FS (§8, as fuse4fs): Filesystem::Freeze: the superblock is written clean (unless
+  // orphans, `unlinked` open unlinked inodes or recorded errors), the image synced, and every
+  // change is refused with EROFS (allocating BEGINs too; mappings of existing storage are still
+  // handed out) until UNFREEZE_FS (Filesystem::Thaw: not clean again, writable).
+  // Errors: ENOSYS not in iomap mode; EIO writing the image.
   // SHUTDOWN_FS: from then on BEGIN, END and IOEND fail with EIO (§8). The Dispatcher refuses
   // every other operation itself (Dispatcher::shut_down()).
-  Result<void> Freeze();
+  Result<void> Freeze(uint64_t unlinked);
   Result<void> Unfreeze();
   Result<void> Shutdown();
   // DESTROY: detaches BPF and drops the registration state.
@@ -158,7 +165,6 @@ class IomapHandler {
   const IomapOptions options_;
   std::atomic<bool> enabled_{false};
   std::atomic<bool> atomic_{false};
-  std::atomic<bool> frozen_{false};
   std::atomic<bool> shut_down_{false};
   std::atomic<uint32_t> dev_{0};  // backing id from BACKING_OPEN
   uint32_t block_size_ = 0;

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "base/unique_fd.h"
 #include "tests/kmodel/harness.h"
 #include "tests/support/test_util.h"
 
@@ -192,6 +193,127 @@ TEST_F(KmodelProtocolTest, FreezeUnfreezeShutdownSyncfs) {
   EXPECT_EQ(r.error(), EIO);
   (void)km.Release(node, fh);
   StopAndFsck(h);
+}
+
+// s_state of the image's primary superblock (offset 1024 + 0x3A), read from the file itself.
+uint16_t SuperblockState(const std::string& image) {
+  UniqueFd fd(::open(image.c_str(), O_RDONLY | O_CLOEXEC));
+  uint16_t state = 0xffff;
+  if (!fd.valid() || ::pread(fd.get(), &state, sizeof(state), 1024 + 0x3A) != sizeof(state)) {
+    ADD_FAILURE() << "cannot read the superblock of " << image;
+  }
+  return state;
+}
+constexpr uint16_t kValidFs = 0x0001;  // EXT2_VALID_FS
+
+// §8 (fuse4fs): FREEZE_FS writes the superblock clean (no orphans, no errors) and syncs, so the
+// image file is a clean filesystem while the server still runs; every change is refused with
+// EROFS (metadata operations as well as allocations) and the image does not change; reads and
+// opens for writing still work. UNFREEZE_FS marks it not clean again and changes work. With an
+// open unlinked file (an orphan here, or one the kernel counts in `unlinked`) the superblock
+// stays not clean; an orphan whose last reference goes while frozen is freed at the thaw.
+TEST_F(KmodelProtocolTest, FreezeWritesCleanSuperblockAndRefusesChanges) {
+  auto h = Start();
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  const uint64_t root = abi::FUSE_ROOT_ID;
+  auto [f, fh] = *km.Create(root, "f");
+  const auto data = Pattern(64 << 10, 3);
+  ASSERT_TRUE(km.Write(f, 0, data));
+  ASSERT_TRUE(km.Fsync(f, fh));
+  EXPECT_EQ(SuperblockState(image_) & kValidFs, 0) << "mounted read-write: not clean";
+
+  ASSERT_TRUE(km.Freeze());
+  EXPECT_NE(SuperblockState(image_) & kValidFs, 0) << "frozen without orphans: clean";
+  std::string out;
+  EXPECT_TRUE(tu::FsckClean(image_, &out)) << "frozen image:\n" << out;
+  auto frozen_image = ReadHostFile(image_);
+  ASSERT_TRUE(frozen_image);
+
+  abi::fuse_mkdir_in mk{0755, 022};
+  abi::fuse_create_in cr{};
+  cr.flags = O_RDWR | O_CREAT;
+  cr.mode = 0100644;
+  abi::fuse_setattr_in sa{};
+  sa.valid = abi::FATTR_MODE;
+  sa.mode = 0100600;
+  abi::fuse_write_in wr{};
+  wr.fh = fh;
+  wr.size = 4096;
+  std::vector<std::byte> setxattr(abi::FUSE_COMPAT_SETXATTR_IN_SIZE);
+  uint32_t value_size = 1;
+  std::memcpy(setxattr.data(), &value_size, sizeof(value_size));
+  for (std::byte b : Names({"user.k"})) setxattr.push_back(b);
+  setxattr.push_back(std::byte{'v'});
+  abi::fuse_rename_in rn{root};
+  struct Case {
+    const char* what;
+    uint32_t opcode;
+    uint64_t node;
+    std::vector<std::byte> body;
+  };
+  const std::vector<Case> refused = {
+      {"MKDIR", abi::FUSE_MKDIR, root, Body(mk, {"d"})},
+      {"CREATE", abi::FUSE_CREATE, root, Body(cr, {"new"})},
+      {"SYMLINK", abi::FUSE_SYMLINK, root, Names({"s", "f"})},
+      {"UNLINK", abi::FUSE_UNLINK, root, Names({"f"})},
+      {"RENAME", abi::FUSE_RENAME, root, Body(rn, {"f", "g"})},
+      {"SETATTR", abi::FUSE_SETATTR, f, Body(sa)},
+      {"SETXATTR", abi::FUSE_SETXATTR, f, setxattr},
+      {"WRITE", abi::FUSE_WRITE, f, Body(wr, {}, Pattern(4096, 1))},
+  };
+  for (const Case& c : refused) {
+    auto r = km.RawRequest(c.opcode, c.node, c.body);
+    ASSERT_FALSE(r) << c.what << " succeeded while frozen";
+    EXPECT_EQ(r.error(), EROFS) << c.what;
+  }
+  auto alloc = km.BeginOp(f, 1 << 20, 4096, abi::FUSE_IOMAP_OP_WRITE);
+  ASSERT_FALSE(alloc);
+  EXPECT_EQ(alloc.error(), EROFS);
+  // Reading and opening for writing work (the kernel blocks the writes themselves).
+  auto got = km.Read(f, 0, data.size());
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, data);
+  ASSERT_TRUE(km.Lookup(root, "f"));
+  auto fh2 = km.Open(f, O_RDWR);
+  ASSERT_TRUE(fh2);
+  ASSERT_TRUE(km.Release(f, *fh2));
+  EXPECT_TRUE(km.Syncfs());
+  auto after = ReadHostFile(image_);
+  ASSERT_TRUE(after);
+  EXPECT_TRUE(*after == *frozen_image) << "the image changed while frozen";
+
+  ASSERT_TRUE(km.Unfreeze());
+  EXPECT_EQ(SuperblockState(image_) & kValidFs, 0) << "thawed: not clean";
+  ASSERT_TRUE(km.RawRequest(abi::FUSE_MKDIR, root, Body(mk, {"d"})));
+  ASSERT_TRUE(km.Write(f, 1 << 20, data));
+  ASSERT_TRUE(km.Fsync(f, fh));
+
+  // Orphans keep it not clean: one the server holds, or one only the kernel counts.
+  auto [o, fho] = *km.Create(root, "o");
+  ASSERT_TRUE(km.Write(o, 0, Pattern(16 << 10, 2), /*direct=*/true));
+  ASSERT_TRUE(km.Unlink(root, "o"));
+  ASSERT_TRUE(km.Freeze(/*unlinked=*/0));
+  EXPECT_EQ(SuperblockState(image_) & kValidFs, 0) << "an orphan: not clean";
+  frozen_image = ReadHostFile(image_);
+  ASSERT_TRUE(frozen_image);
+  ASSERT_TRUE(km.Release(o, fho));
+  ASSERT_TRUE(km.Evict(o));  // the last reference goes while frozen: kept until the thaw
+  EXPECT_TRUE(km.Syncfs());  // a round trip after the reply-less FORGET
+  after = ReadHostFile(image_);
+  ASSERT_TRUE(after);
+  EXPECT_TRUE(*after == *frozen_image) << "the orphan was freed while frozen";
+  ASSERT_TRUE(km.Unfreeze());
+  ASSERT_TRUE(km.Freeze(/*unlinked=*/2));
+  EXPECT_EQ(SuperblockState(image_) & kValidFs, 0) << "the kernel counts unlinked inodes";
+  ASSERT_TRUE(km.Unfreeze());
+  ASSERT_TRUE(km.Freeze(/*unlinked=*/0));
+  EXPECT_NE(SuperblockState(image_) & kValidFs, 0) << "the orphan was freed at the thaw";
+  EXPECT_TRUE(tu::FsckClean(image_, &out)) << "frozen image:\n" << out;
+  ASSERT_TRUE(km.Unfreeze());
+  ASSERT_TRUE(km.Release(f, fh));
+  StopAndFsck(h);
+  EXPECT_NE(SuperblockState(image_) & kValidFs, 0) << "clean after unmount";
 }
 
 // §8 (fuse4fs: SHUTDOWN "refuses further operations with EIO"): after SHUTDOWN_FS every
