@@ -408,7 +408,12 @@ Result<abi::fuse_iomap_begin_out> IomapHandler::Begin(const wire::Request& req,
     stats_.rejected.fetch_add(1, std::memory_order_relaxed);
     return Unexpected(ok.error());
   }
-  if (allocated) RefreshBpf(ino);
+  if (allocated) {
+    // §11.5: the allocation may have reused blocks freed by a request whose DEV_INVAL is not
+    // sent yet; announce them before any mapping of them (UPSERT, the reply) leaves.
+    SendDevInvals(sink);
+    RefreshBpf(ino);
+  }
 
   // §12: cache what was looked up (not REPORT: FIEMAP would thrash the cache; not the ops that
   // bypass it), then let the kernel take it from there.
@@ -501,7 +506,13 @@ void IomapHandler::Opened(const wire::Request& req, ReplySink& sink) {
 void IomapHandler::SendDevInvals(ReplySink& sink) {
   const uint32_t dev = backing_id();
   if (dev == 0) return;
-  for (auto [offset, length] : fs_.IomapTakeFreedBlocks()) {
+  if (options_.test_dev_inval_hook) options_.test_dev_inval_hook(DevInvalPoint::kBeforeTake);
+  // Another thread may have taken ranges and not sent them yet: wait for it, so that blocks it
+  // took and this caller may hand out again are announced before this returns.
+  std::lock_guard<std::mutex> lock(dev_inval_mu_);
+  std::vector<std::pair<uint64_t, uint64_t>> freed = fs_.IomapTakeFreedBlocks();
+  if (options_.test_dev_inval_hook) options_.test_dev_inval_hook(DevInvalPoint::kTaken);
+  for (auto [offset, length] : freed) {
     stats_.dev_invals.fetch_add(1, std::memory_order_relaxed);
     Result<void> r = SendNotify(
         sink, wire::EncodeNotifyIomapDevInval(dev, abi::fuse_range{offset + data_offset_, length}));

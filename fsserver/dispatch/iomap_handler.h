@@ -26,7 +26,10 @@
 //   cached mappings are INValidated (§12.4) and its BPF program replaced before the reply is sent;
 //   FORGET drops the program (the inode number may be reused). Blocks freed by any request are
 //   announced with DEV_INVAL (§11.5) before its reply: the server's buffered I/O on the device
-//   may have left cached pages of them. UNLINK needs no INVAL: the
+//   may have left cached pages of them. A BEGIN that allocated announces whatever was freed
+//   before it upserts or replies, and taking + sending the freed ranges is one critical section,
+//   so no mapping of a reused block reaches the kernel before that block's DEV_INVAL, whichever
+//   thread freed it. UNLINK needs no INVAL: the
 //   blocks of an unlinked inode are freed only at the FORGET of its last lookup reference
 //   (Filesystem::Forget), i.e. after the kernel evicted the inode and with it its cache (§12.1).
 //
@@ -39,6 +42,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -63,6 +67,12 @@ enum class IomapFault {
   kNotCovering,  // the read slot moved past pos (does not cover it)
 };
 
+// Test hook points in SendDevInvals (the DEV_INVAL of freed blocks, §11.5).
+enum class DevInvalPoint {
+  kBeforeTake,  // the blocks are freed, nothing is taken from the log yet (no lock held)
+  kTaken,       // the ranges are taken from the log, not yet sent (dev_inval_mu_ held)
+};
+
 struct IomapOptions {
   bool enable = true;       // acknowledge FUSE_IOMAP when the kernel offers it
   bool cache = true;        // UPSERT mappings into the kernel's cache (OPEN, BEGIN)
@@ -80,6 +90,8 @@ struct IomapOptions {
   // kernel model's "device" is an image file, which reports no atomic writes.
   uint32_t test_device_atomic_unit = 0;
   IomapFault fault = IomapFault::kNone;
+  // Tests: called on the calling thread at each DevInvalPoint (to pause a freeing thread there).
+  std::function<void(DevInvalPoint)> test_dev_inval_hook;
 };
 
 struct IomapStats {
@@ -155,7 +167,10 @@ class IomapHandler {
   // would be exceeded. Returns: whether every upsert was accepted.
   bool Upsert(Ino ino, std::span<const iomap::Mapping> maps, ReplySink& sink);
   void Inval(Ino ino, uint64_t offset, uint64_t length, ReplySink& sink);
-  // DEV_INVAL (§11.5) for every block range freed since the last call.
+  // DEV_INVAL (§11.5) for every block range freed since the last call. Taking the ranges and
+  // sending them is one critical section (dev_inval_mu_): a caller that returns from here knows
+  // that every block freed before its call was announced, by it or by another thread, so a
+  // mapping of a reused block it hands out afterwards cannot overtake that block's DEV_INVAL.
   void SendDevInvals(ReplySink& sink);
   // Reinstalls (or removes) the BPF program of `ino` from its current layout.
   void RefreshBpf(Ino ino);
@@ -175,6 +190,9 @@ class IomapHandler {
 
   static constexpr size_t kInodeLocks = 64;
   std::mutex inode_mu_[kInodeLocks];
+  // Held while freed ranges are taken and announced. Lock order: per-inode mutex, then this;
+  // notifications are sent under it (the kernel's DEV_INVAL handler calls nothing of ours).
+  std::mutex dev_inval_mu_;
   std::mutex cache_mu_;                            // leaf
   std::unordered_map<uint64_t, size_t> upserted_;  // records sent per inode since last INVAL
   std::mutex bpf_mu_;                              // leaf
