@@ -264,7 +264,9 @@ struct Dispatcher::Context {
 
   Result<Reply> On(const wire::StatxReq&) {
     IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a, fs().GetAttr(req.node));
-    return Reply::Of(wire::MakeStatxOut(ToFuseStatx(a), attr_timeout()));
+    abi::fuse_statx sx = ToFuseStatx(a);
+    d.iomap_->FillStatx(a.mode, &sx);  // direct I/O alignment, untorn writes (iomap spec §14)
+    return Reply::Of(wire::MakeStatxOut(sx, attr_timeout()));
   }
 
   Result<Reply> On(const wire::ReadlinkReq&) {

@@ -31,6 +31,11 @@ namespace {
 
 constexpr uint32_t kWriteOps = abi::FUSE_IOMAP_OP_WRITE | abi::FUSE_IOMAP_OP_ZERO |
                                abi::FUSE_IOMAP_OP_UNSHARE | abi::FUSE_IOMAP_OP_WRITEBACK;
+// statx(2) uapi (include/uapi/linux/stat.h).
+constexpr uint32_t kStatxDioAlign = 0x00002000U;           // STATX_DIOALIGN
+constexpr uint32_t kStatxWriteAtomic = 0x00010000U;        // STATX_WRITE_ATOMIC
+constexpr uint64_t kStatxAttrWriteAtomic = 0x00400000ULL;  // STATX_ATTR_WRITE_ATOMIC
+
 // Ops that never use the kernel cache (§4.3, §12.2): no RETRY_CACHE for them.
 constexpr uint32_t kNoCacheOps = abi::FUSE_IOMAP_OP_ATOMIC | abi::FUSE_IOMAP_OP_SWAPFILE;
 
@@ -65,7 +70,6 @@ void SetNofsOnce(ReplySink& sink) {
 // statx(2) STATX_WRITE_ATOMIC of `fd` (Linux 6.11 uapi; raw, as older headers lack the fields).
 // Returns: {unit_min, unit_max}, {0, 0} when the file reports no untorn writes.
 std::pair<uint32_t, uint32_t> DeviceAtomicUnits(int fd) {
-  constexpr uint32_t kStatxWriteAtomic = 0x00010000U;
   alignas(8) unsigned char buf[256] = {};  // struct statx
   if (::syscall(SYS_statx, fd, "", AT_EMPTY_PATH, kStatxWriteAtomic, buf) != 0) return {0, 0};
   uint32_t mask, unit_min, unit_max;
@@ -74,6 +78,27 @@ std::pair<uint32_t, uint32_t> DeviceAtomicUnits(int fd) {
   std::memcpy(&unit_max, buf + 172, sizeof(unit_max));  // stx_atomic_write_unit_max
   if ((mask & kStatxWriteAtomic) == 0) return {0, 0};
   return {unit_min, unit_max};
+}
+
+// statx(2) of `fd`: STATX_DIOALIGN (Linux 6.1 uapi, raw like DeviceAtomicUnits). A device that
+// does not report it: its logical block size (BLKSSZGET) if it is a block device, else 512, the
+// smallest logical block size. Returns: {dio_mem_align, dio_offset_align}.
+std::pair<uint32_t, uint32_t> DeviceDioAlign(int fd) {
+  alignas(8) unsigned char buf[256] = {};  // struct statx
+  if (::syscall(SYS_statx, fd, "", AT_EMPTY_PATH, kStatxDioAlign, buf) == 0) {
+    uint32_t mask, mem, offset;
+    std::memcpy(&mask, buf, sizeof(mask));            // stx_mask
+    std::memcpy(&mem, buf + 152, sizeof(mem));        // stx_dio_mem_align
+    std::memcpy(&offset, buf + 156, sizeof(offset));  // stx_dio_offset_align
+    if ((mask & kStatxDioAlign) != 0 && mem != 0 && offset != 0) return {mem, offset};
+  }
+  int logical = 0;
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISBLK(st.st_mode) && ::ioctl(fd, BLKSSZGET, &logical) == 0 &&
+      logical > 0) {
+    return {static_cast<uint32_t>(logical), static_cast<uint32_t>(logical)};
+  }
+  return {512, 512};
 }
 
 Result<void> SendNotify(ReplySink& sink, const std::vector<std::byte>& msg) {
@@ -142,6 +167,21 @@ uint32_t IomapHandler::AttrFlags(uint32_t mode) const {
   return abi::FUSE_ATTR_EXCLUSIVE | abi::FUSE_ATTR_IOMAP | (atomic() ? abi::FUSE_ATTR_ATOMIC : 0);
 }
 
+void IomapHandler::FillStatx(uint32_t mode, abi::fuse_statx* sx) const {
+  if (!enabled() || !S_ISREG(mode) || backing_id() == 0) return;
+  sx->mask |= kStatxDioAlign;
+  sx->dio_mem_align = dio_mem_align_.load(std::memory_order_relaxed);
+  sx->dio_offset_align = dio_offset_align_.load(std::memory_order_relaxed);
+  if (!atomic()) return;
+  // §14.7: the atomic unit is exactly one fs block, one segment.
+  sx->mask |= kStatxWriteAtomic;
+  sx->attributes |= kStatxAttrWriteAtomic;
+  sx->attributes_mask |= kStatxAttrWriteAtomic;
+  sx->atomic_write_unit_min = block_size_;
+  sx->atomic_write_unit_max = block_size_;
+  sx->atomic_write_segments_max = 1;
+}
+
 Result<abi::fuse_iomap_config_out> IomapHandler::Config(const wire::IomapConfigReq& r,
                                                         ReplySink& sink) {
   if (!enabled()) return Unexpected(ENOSYS);
@@ -153,6 +193,7 @@ Result<abi::fuse_iomap_config_out> IomapHandler::Config(const wire::IomapConfigR
   // takes the image file) directly; an image file on a real kernel through a loop device.
   const int data_fd = fs_.data_fd();
   Result<uint32_t> id = control->BackingOpen(data_fd, abi::FUSE_BACKING_TYPE_IOMAP);
+  UniqueFd loop_fd;  // the loop device registered in place of the image, if any
   if (!id && id.error() == ENODEV) {
     std::string loop_path;
     Result<UniqueFd> loop = AttachLoop(data_fd, fs_.read_only(), &loop_path);
@@ -164,12 +205,20 @@ Result<abi::fuse_iomap_config_out> IomapHandler::Config(const wire::IomapConfigR
       return Unexpected(EIO);
     }
     LOG_INFO("iomap mode: image attached to %s", loop_path.c_str());
-    id = control->BackingOpen(loop->get(), abi::FUSE_BACKING_TYPE_IOMAP);
+    loop_fd = std::move(*loop);
+    id = control->BackingOpen(loop_fd.get(), abi::FUSE_BACKING_TYPE_IOMAP);
   }
   if (!id) {
     LOG_ERROR("iomap mode: BACKING_OPEN failed: %s", strerror(id.error()));
     return Unexpected(id.error());
   }
+  // §14.6: the kernel does direct I/O on the registered device; STATX reports its alignment.
+  auto [mem_align, offset_align] =
+      options_.test_device_dio_align != 0
+          ? std::pair{options_.test_device_dio_align, options_.test_device_dio_align}
+          : DeviceDioAlign(loop_fd.valid() ? loop_fd.get() : data_fd);
+  dio_mem_align_.store(mem_align, std::memory_order_relaxed);
+  dio_offset_align_.store(offset_align, std::memory_order_relaxed);
   dev_.store(*id, std::memory_order_release);
   fs_.IomapTrackFreedBlocks();  // for DEV_INVAL (§11.5), sent by AfterRequest
   SetNofsOnce(sink);

@@ -10,6 +10,8 @@
 //            iomap kernel (the kernel model records them).
 //   LOOKUP   regular files get FUSE_ATTR_EXCLUSIVE|FUSE_ATTR_IOMAP (§1.5), and FUSE_ATTR_ATOMIC
 //            when untorn writes are allowed (§4.7, §14.7; decided at CONFIG).
+//   STATX    regular files report the device's direct I/O alignment (STATX_DIOALIGN, §14.6)
+//            and, with untorn writes, STATX_WRITE_ATOMIC of one fs block (§14.7).
 //   OPEN     pushes the file's mappings into the kernel cache (UPSERT, §12.3) within the
 //            kernel's per-fork limit, and installs the file's BPF program.
 //   BEGIN    reads, REPORT, DIRECT: the engine's mapping (whole extent); write ops over a hole
@@ -89,6 +91,9 @@ struct IomapOptions {
   // Tests: the device's atomic write unit, min = max, instead of asking statx (0: ask). The
   // kernel model's "device" is an image file, which reports no atomic writes.
   uint32_t test_device_atomic_unit = 0;
+  // Tests: the device's direct I/O alignment (memory and offset) instead of asking statx
+  // (STATX_DIOALIGN) or the block device (0: ask).
+  uint32_t test_device_dio_align = 0;
   IomapFault fault = IomapFault::kNone;
   // Tests: called on the calling thread at each DevInvalPoint (to pause a freeing thread there).
   std::function<void(DevInvalPoint)> test_dev_inval_hook;
@@ -122,6 +127,11 @@ class IomapHandler {
 
   // fuse_attr.flags for an inode of this mode (0 unless in iomap mode).
   uint32_t AttrFlags(uint32_t mode) const;
+  // STATX of an inode of this mode (§14.6, §14.7): for regular files in iomap mode adds
+  // STATX_DIOALIGN (the kernel does direct I/O on the registered device itself: its alignment,
+  // found at CONFIG) and, where untorn writes are advertised, STATX_WRITE_ATOMIC with a unit of
+  // exactly one fs block and one segment, and STATX_ATTR_WRITE_ATOMIC. Otherwise leaves `sx`.
+  void FillStatx(uint32_t mode, abi::fuse_statx* sx) const;
 
   // Errors: EIO the image cannot be registered (no block device and no loop device), the
   // device registration's errno.
@@ -183,6 +193,9 @@ class IomapHandler {
   std::atomic<bool> shut_down_{false};
   std::atomic<uint32_t> dev_{0};  // backing id from BACKING_OPEN
   uint32_t block_size_ = 0;
+  // Direct I/O alignment of the registered device (§14.6), set at CONFIG before any STATX.
+  std::atomic<uint32_t> dio_mem_align_{0};
+  std::atomic<uint32_t> dio_offset_align_{0};
   uint64_t data_offset_ = 0;
   uint64_t device_bytes_ = 0;
   uint64_t max_bytes_ = 0;

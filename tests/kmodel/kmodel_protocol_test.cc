@@ -691,6 +691,94 @@ TEST_F(KmodelProtocolTest, SetBlocksizeAndNofsReachTheKernelSide) {
   EXPECT_EQ(c->Stop(), "");
 }
 
+// §14.6, §14.7: STATX of a regular file in iomap mode reports the registered device's direct
+// I/O alignment (STATX_DIOALIGN) and, where untorn writes are advertised, STATX_WRITE_ATOMIC with
+// a unit of exactly one fs block and one segment, and STATX_ATTR_WRITE_ATOMIC. Directories and
+// classic-mode connections get neither.
+TEST_F(KmodelProtocolTest, StatxReportsDioAlignAndAtomicUnit) {
+  constexpr uint32_t kDioAlign = 0x2000, kWriteAtomic = 0x10000;
+  constexpr uint64_t kAttrWriteAtomic = 0x400000;
+  auto statx = [](KernelModel& km, uint64_t node) {
+    abi::fuse_statx_in in{};
+    in.sx_mask = 0xffffffff;
+    abi::fuse_statx_out out{};
+    auto r = km.RawRequest(abi::FUSE_STATX, node, Body(in));
+    EXPECT_TRUE(r);
+    if (r) {
+      EXPECT_EQ(r->size(), sizeof(out));
+      std::memcpy(&out, r->data(), std::min(sizeof(out), r->size()));
+    }
+    return out.stat;
+  };
+  struct Variant {
+    bool atomic;   // the kernel offers ATOMIC and the device's unit is the block size
+    uint32_t dio;  // test_device_dio_align (0: statx of the image file, or 512)
+  };
+  for (Variant v : {Variant{true, 1024}, Variant{false, 2048}, Variant{false, 0}}) {
+    SCOPED_TRACE(::testing::Message() << "atomic=" << v.atomic << " dio=" << v.dio);
+    ServerConfig s;
+    s.iomap.test_device_atomic_unit = 4096;
+    s.iomap.test_device_dio_align = v.dio;
+    ModelOptions m;
+    m.offer_atomic = v.atomic;
+    auto h = Start(s, m);
+    ASSERT_NE(h, nullptr);
+    KernelModel& km = h->model();
+    ASSERT_EQ(h->dispatcher().iomap().atomic(), v.atomic);
+    auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "f");
+    abi::fuse_statx sx = statx(km, node);
+    EXPECT_EQ(sx.mask & 0x7ff, 0x7ffu);  // the basic stats are still there
+    EXPECT_EQ(sx.mode & S_IFMT, S_IFREG);
+    EXPECT_NE(sx.mask & kDioAlign, 0u);
+    if (v.dio != 0) {
+      EXPECT_EQ(sx.dio_mem_align, v.dio);
+      EXPECT_EQ(sx.dio_offset_align, v.dio);
+    } else {
+      // The image file's own alignment, or the 512-byte fallback: powers of two, and an offset
+      // alignment no smaller than the smallest logical block size.
+      EXPECT_NE(sx.dio_mem_align, 0u);
+      EXPECT_EQ(sx.dio_mem_align & (sx.dio_mem_align - 1), 0u) << sx.dio_mem_align;
+      EXPECT_GE(sx.dio_offset_align, 512u);
+      EXPECT_EQ(sx.dio_offset_align & (sx.dio_offset_align - 1), 0u) << sx.dio_offset_align;
+    }
+    if (v.atomic) {
+      EXPECT_NE(sx.mask & kWriteAtomic, 0u);
+      EXPECT_EQ(sx.atomic_write_unit_min, km.block_size());
+      EXPECT_EQ(sx.atomic_write_unit_max, km.block_size());
+      EXPECT_EQ(sx.atomic_write_segments_max, 1u);
+      EXPECT_NE(sx.attributes & kAttrWriteAtomic, 0u);
+      EXPECT_NE(sx.attributes_mask & kAttrWriteAtomic, 0u);
+    } else {
+      EXPECT_EQ(sx.mask & kWriteAtomic, 0u);
+      EXPECT_EQ(sx.atomic_write_unit_min, 0u);
+      EXPECT_EQ(sx.atomic_write_unit_max, 0u);
+      EXPECT_EQ(sx.atomic_write_segments_max, 0u);
+      EXPECT_EQ(sx.attributes & kAttrWriteAtomic, 0u);
+    }
+    abi::fuse_statx dir = statx(km, abi::FUSE_ROOT_ID);
+    EXPECT_EQ(dir.mode & S_IFMT, S_IFDIR);
+    EXPECT_EQ(dir.mask & (kDioAlign | kWriteAtomic), 0u);
+    EXPECT_EQ(dir.dio_offset_align, 0u);
+    EXPECT_EQ(dir.attributes & kAttrWriteAtomic, 0u);
+    ASSERT_TRUE(km.Release(node, fh));
+    StopAndFsck(h);
+  }
+
+  ModelOptions classic;
+  classic.offer_iomap = false;
+  classic.offer_atomic = true;
+  ServerConfig s;
+  s.iomap.test_device_atomic_unit = 4096;
+  auto c = Start(s, classic);
+  ASSERT_NE(c, nullptr);
+  auto [node, fh] = *c->model().Create(abi::FUSE_ROOT_ID, "f");
+  abi::fuse_statx sx = statx(c->model(), node);
+  EXPECT_EQ(sx.mask & (kDioAlign | kWriteAtomic), 0u);
+  EXPECT_EQ(sx.attributes & kAttrWriteAtomic, 0u);
+  ASSERT_TRUE(c->model().Release(node, fh));
+  StopAndFsck(c);
+}
+
 // §4.7, §14.7: untorn writes where allowed (the kernel's discovery reports ATOMIC and the
 // device's atomic unit range contains the fs block size): inodes get FUSE_ATTR_ATOMIC and
 // one-block RWF_ATOMIC direct writes get MAPPED/UNWRITTEN mappings with F_ATOMIC_BIO, never from
