@@ -360,6 +360,10 @@ bool IomapHandler::Upsert(Ino ino, std::span<const iomap::Mapping> maps, ReplySi
         sink,
         wire::EncodeNotifyIomapUpsert(ino, read, Placeholder(read, abi::FUSE_IOMAP_TYPE_NOCACHE)));
     stats_.upserts.fetch_add(1, std::memory_order_relaxed);
+    if (r && read.type == abi::FUSE_IOMAP_TYPE_INLINE) {
+      std::lock_guard<std::mutex> lock(cache_mu_);
+      inline_cached_.insert(ino.value());
+    }
     if (!r) {
       stats_.upsert_failures.fetch_add(1, std::memory_order_relaxed);
       LOG_DEBUG("iomap: UPSERT for inode %llu refused: %s",
@@ -376,6 +380,7 @@ void IomapHandler::Inval(Ino ino, uint64_t offset, uint64_t length, ReplySink& s
   {
     std::lock_guard<std::mutex> lock(cache_mu_);
     if (offset == 0 && length == abi::FUSE_IOMAP_INVAL_TO_EOF) upserted_.erase(ino.value());
+    if (offset == 0) inline_cached_.erase(ino.value());  // an INLINE mapping is [0, block)
   }
   stats_.invals.fetch_add(1, std::memory_order_relaxed);
   abi::fuse_range range{offset, length};
@@ -384,6 +389,11 @@ void IomapHandler::Inval(Ino ino, uint64_t offset, uint64_t length, ReplySink& s
     LOG_WARNING("iomap: INVAL for inode %llu failed: %s",
                 static_cast<unsigned long long>(ino.value()), strerror(r.error()));
   }
+}
+
+bool IomapHandler::InlineCached(Ino ino) {
+  std::lock_guard<std::mutex> lock(cache_mu_);
+  return inline_cached_.count(ino.value()) != 0;
 }
 
 void IomapHandler::RefreshBpf(Ino ino) {
@@ -463,11 +473,18 @@ Result<abi::fuse_iomap_begin_out> IomapHandler::Begin(const wire::Request& req,
     SendDevInvals(sink);
     RefreshBpf(ino);
   }
+  // A write past the inline area converted an inline-data file to extents (§9, §12.5: the
+  // kernel drops only the written range by itself): its cached INLINE mapping is stale.
+  if (allocated && maps[0].type != iomap::MappingType::kInline && InlineCached(ino)) {
+    Inval(ino, 0, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+  }
 
   // §12: cache what was looked up (not REPORT: FIEMAP would thrash the cache; not the ops that
-  // bypass it), then let the kernel take it from there.
+  // bypass it), then let the kernel take it from there. INLINE mappings (§9, §12.1) only for
+  // reads: a read then costs the FUSE_READ of its bytes and no BEGIN; a write into an INLINE
+  // destination may need the file converted, which only a BEGIN can do.
   const bool cacheable = (op & (abi::FUSE_IOMAP_OP_REPORT | kNoCacheOps)) == 0 &&
-                         read.type != abi::FUSE_IOMAP_TYPE_INLINE;
+                         (read.type != abi::FUSE_IOMAP_TYPE_INLINE || !write_op);
   bool upserted = cacheable && Upsert(ino, maps, sink);
   abi::fuse_iomap_begin_out out = wire::MakeIomapBeginOut(read, PureOverwrite(read));
   if (upserted && options_.retry_cache) {
@@ -542,13 +559,7 @@ void IomapHandler::Opened(const wire::Request& req, ReplySink& sink) {
   }
   size_t limit = std::min(options_.open_upsert_limit, fork_limit_records_);
   auto maps = fs_.IomapFileMappings(req.node, limit);
-  if (maps) {
-    std::vector<iomap::Mapping> cacheable;
-    for (const iomap::Mapping& m : *maps) {
-      if (m.type != iomap::MappingType::kInline) cacheable.push_back(m);
-    }
-    Upsert(req.node, cacheable, sink);
-  }
+  if (maps) Upsert(req.node, *maps, sink);  // INLINE included (block-aligned, ToWire)
   RefreshBpf(req.node);
 }
 
@@ -583,6 +594,7 @@ void IomapHandler::AfterRequest(const wire::Request& req, bool ok, ReplySink& si
     drop_bpf(ino);
     std::lock_guard<std::mutex> lock(cache_mu_);
     upserted_.erase(ino.value());
+    inline_cached_.erase(ino.value());
   };
   if (const auto* f = std::get_if<wire::ForgetReq>(&req.body)) {
     (void)f;
@@ -597,10 +609,20 @@ void IomapHandler::AfterRequest(const wire::Request& req, bool ok, ReplySink& si
   // The layout changed: drop what the kernel may have cached (§12.5 says the kernel drops the
   // same ranges itself; being explicit keeps a kernel without that logic correct) and replace
   // the BPF program before the reply releases the caller.
+  // An inline-data file whose INLINE mapping is cached may have been converted to extents
+  // (grown past the inline area): drop everything from 0 then.
+  auto from = [&](Ino ino, uint64_t offset) { return InlineCached(ino) ? 0 : offset; };
   if (const auto* s = std::get_if<wire::SetattrReq>(&req.body)) {
     if ((s->in.valid & abi::FATTR_SIZE) == 0) return;
     std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
-    Inval(req.node, s->in.size, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+    Inval(req.node, from(req.node, s->in.size), abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+    RefreshBpf(req.node);
+  } else if (std::holds_alternative<wire::WriteReq>(req.body)) {
+    // FUSE_WRITE: the kernel's write into an INLINE destination (§9), or classic I/O. The
+    // kernel drops the written range itself; the file may have left the inline format.
+    if (!InlineCached(req.node)) return;
+    std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
+    Inval(req.node, 0, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
     RefreshBpf(req.node);
   } else if (const auto* o = std::get_if<wire::OpenReq>(&req.body)) {
     // O_TRUNC with FUSE_ATOMIC_O_TRUNC: the OPEN handler truncated the file (§10).
@@ -610,11 +632,11 @@ void IomapHandler::AfterRequest(const wire::Request& req, bool ok, ReplySink& si
     RefreshBpf(req.node);
   } else if (const auto* fa = std::get_if<wire::FallocateReq>(&req.body)) {
     std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
-    Inval(req.node, fa->offset, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+    Inval(req.node, from(req.node, fa->offset), abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
     RefreshBpf(req.node);
   } else if (const auto* c = std::get_if<wire::CopyFileRangeReq>(&req.body)) {
     std::lock_guard<std::mutex> inode_lock(InodeLock(c->node_out));
-    Inval(c->node_out, c->off_out, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+    Inval(c->node_out, from(c->node_out, c->off_out), abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
     RefreshBpf(c->node_out);
   }
 }

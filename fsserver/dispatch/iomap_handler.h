@@ -13,7 +13,9 @@
 //   STATX    regular files report the device's direct I/O alignment (STATX_DIOALIGN, §14.6)
 //            and, with untorn writes, STATX_WRITE_ATOMIC of one fs block (§14.7).
 //   OPEN     pushes the file's mappings into the kernel cache (UPSERT, §12.3) within the
-//            kernel's per-fork limit, and installs the file's BPF program.
+//            kernel's per-fork limit, INLINE ones included (§9, §12.1: [0, block), so that a
+//            read of an inline-data file costs its FUSE_READ and no BEGIN), and installs the
+//            file's BPF program.
 //   BEGIN    reads, REPORT, DIRECT: the engine's mapping (whole extent); write ops over a hole
 //            (not ZERO) allocate UNWRITTEN extents first (§4.4, §14.3), never DELALLOC; NOWAIT
 //            writes that would allocate answer EAGAIN; ATOMIC sets F_ATOMIC_BIO (§4.7). Every
@@ -26,6 +28,9 @@
 //   SHUTDOWN (§8) flushes; the Dispatcher then answers everything but teardown with EIO.
 //   After layout-changing requests (truncate, O_TRUNC open, fallocate, copy_file_range) the file's
 //   cached mappings are INValidated (§12.4) and its BPF program replaced before the reply is sent;
+//   for a file whose INLINE mapping is cached, from offset 0, and also after a FUSE_WRITE or a
+//   BEGIN that converted it to extents (user xattrs do not move inline data: system.data keeps
+//   its place, only the room left to grow in changes);
 //   FORGET drops the program (the inode number may be reused). Blocks freed by any request are
 //   announced with DEV_INVAL (§11.5) before its reply: the server's buffered I/O on the device
 //   may have left cached pages of them. A BEGIN that allocated announces whatever was freed
@@ -48,6 +53,7 @@
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "base/result.h"
 #include "base/strong_id.h"
@@ -177,6 +183,8 @@ class IomapHandler {
   // would be exceeded. Returns: whether every upsert was accepted.
   bool Upsert(Ino ino, std::span<const iomap::Mapping> maps, ReplySink& sink);
   void Inval(Ino ino, uint64_t offset, uint64_t length, ReplySink& sink);
+  // Whether an INLINE mapping of `ino` was upserted and not INValidated since.
+  bool InlineCached(Ino ino);
   // DEV_INVAL (§11.5) for every block range freed since the last call. Taking the ranges and
   // sending them is one critical section (dev_inval_mu_): a caller that returns from here knows
   // that every block freed before its call was announced, by it or by another thread, so a
@@ -208,6 +216,7 @@ class IomapHandler {
   std::mutex dev_inval_mu_;
   std::mutex cache_mu_;                            // leaf
   std::unordered_map<uint64_t, size_t> upserted_;  // records sent per inode since last INVAL
+  std::unordered_set<uint64_t> inline_cached_;     // inodes with an upserted INLINE mapping
   std::mutex bpf_mu_;                              // leaf
   std::unique_ptr<Bpf> bpf_;                       // guarded by bpf_mu_
   IomapStats stats_;

@@ -779,6 +779,105 @@ TEST_F(KmodelProtocolTest, StatxReportsDioAlignAndAtomicUnit) {
   StopAndFsck(c);
 }
 
+// §9, §12.1: INLINE mappings are cached ([0, block), NULL addresses), pushed at OPEN and after
+// a read's BEGIN, so a hot read of an inline-data file costs its FUSE_READ and no BEGIN. When
+// the file leaves the inline format (a write past the inline area, a truncate growing it past
+// it) the server INValidates the INLINE mapping: later reads use the new extents (no FUSE_READ)
+// and return the right bytes.
+TEST(KmodelInlineTest, InlineMappingsAreCachedAndDroppedWhenConverted) {
+  tu::TempDir dir;
+  const std::string src = dir.Sub("src"), image = dir.Sub("inline.img");
+  ASSERT_EQ(mkdir(src.c_str(), 0755), 0);
+  const auto small = Pattern(100, 5), tiny = Pattern(40, 9);
+  auto text = [](const std::vector<std::byte>& v) {
+    return std::string(reinterpret_cast<const char*>(v.data()), v.size());
+  };
+  ASSERT_TRUE(tu::WriteFile(src + "/small", text(small)));
+  ASSERT_TRUE(tu::WriteFile(src + "/tiny", text(tiny)));
+  ASSERT_EQ(tu::MakeImage(image, 32 << 20, "ext4", {"-b", "4096", "-O", "inline_data"}, src), "");
+  ServerConfig s;
+  s.read_write = true;
+  std::unique_ptr<ModelHarness> h;
+  ASSERT_EQ(ModelHarness::Start(image, s, ModelOptions{}, &h), "");
+  KernelModel& km = h->model();
+  const uint64_t bs = km.block_size();
+  auto inline_cached = [&](uint64_t node) {
+    for (const abi::fuse_iomap_io& m : km.CachedReadMappings(node)) {
+      if (m.type == abi::FUSE_IOMAP_TYPE_INLINE) return true;
+    }
+    return false;
+  };
+
+  auto node = km.Lookup(abi::FUSE_ROOT_ID, "small");
+  ASSERT_TRUE(node);
+  auto report = km.BeginOp(*node, 0, 1, abi::FUSE_IOMAP_OP_REPORT);
+  ASSERT_TRUE(report);
+  ASSERT_EQ(report->type, abi::FUSE_IOMAP_TYPE_INLINE) << "mke2fs did not store it inline";
+  auto fh = km.Open(*node, O_RDWR);  // pushes the INLINE mapping
+  ASSERT_TRUE(fh);
+  auto cached = km.CachedReadMappings(*node);
+  ASSERT_EQ(cached.size(), 1u);
+  EXPECT_EQ(cached[0].type, abi::FUSE_IOMAP_TYPE_INLINE);
+  EXPECT_EQ(cached[0].offset, 0u);
+  EXPECT_EQ(cached[0].length, bs);
+  for (bool dropped : {false, true}) {
+    if (dropped) km.DropCaches();  // the first read's BEGIN upserts it again
+    for (int pass = 0; pass < 2; ++pass) {
+      km.ResetCounters();
+      auto got = km.Read(*node, 0, small.size());
+      ASSERT_TRUE(got);
+      EXPECT_EQ(*got, small);
+      const bool hot = !dropped || pass == 1;
+      EXPECT_EQ(km.counters().Upcalls("READ"), 1u) << km.counters().Format();
+      EXPECT_EQ(km.counters().BeginUpcalls(), hot ? 0u : 1u) << km.counters().Format();
+    }
+  }
+
+  // A direct write two blocks further converts the file to extents.
+  const uint64_t invals = km.counters().invals;
+  const auto tail = Pattern(bs, 77);
+  ASSERT_TRUE(km.Write(*node, 2 * bs, tail, /*direct=*/true));
+  EXPECT_FALSE(inline_cached(*node)) << "a stale INLINE mapping stayed cached";
+  EXPECT_GT(km.counters().invals, invals);
+  std::vector<std::byte> want(3 * bs);
+  std::copy(small.begin(), small.end(), want.begin());
+  std::copy(tail.begin(), tail.end(), want.begin() + static_cast<ptrdiff_t>(2 * bs));
+  for (int pass = 0; pass < 2; ++pass) {
+    km.ResetCounters();
+    auto got = km.Read(*node, 0, want.size());
+    ASSERT_TRUE(got);
+    EXPECT_TRUE(*got == want) << "pass " << pass;
+    EXPECT_EQ(km.counters().Upcalls("READ"), 0u) << "the INLINE mapping was used after conversion";
+    if (pass == 1) EXPECT_EQ(km.counters().BeginUpcalls(), 0u) << km.counters().Format();
+  }
+  ASSERT_TRUE(km.Release(*node, *fh));
+
+  // A truncate (SETATTR, as the kernel sends it) growing an inline file past the inline area.
+  auto t = km.Lookup(abi::FUSE_ROOT_ID, "tiny");
+  ASSERT_TRUE(t);
+  auto tfh = km.Open(*t, O_RDWR);
+  ASSERT_TRUE(tfh);
+  ASSERT_TRUE(km.Read(*t, 0, tiny.size()));
+  ASSERT_TRUE(inline_cached(*t));
+  abi::fuse_setattr_in sa{};
+  sa.valid = abi::FATTR_SIZE;
+  sa.size = 3 * bs;
+  ASSERT_TRUE(km.RawRequest(abi::FUSE_SETATTR, *t, Body(sa)));
+  EXPECT_FALSE(inline_cached(*t)) << "a stale INLINE mapping stayed cached";
+  km.ResetCounters();
+  auto got = km.Read(*t, 0, tiny.size());  // the model's i_size is still the old one
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, tiny);
+  auto attr = km.GetAttr(*t);
+  ASSERT_TRUE(attr);
+  EXPECT_EQ(attr->size, 3 * bs);
+  ASSERT_TRUE(km.Release(*t, *tfh));
+  EXPECT_TRUE(km.rejections().empty()) << km.rejections().front();
+  EXPECT_EQ(h->Stop(), "");
+  std::string out;
+  EXPECT_TRUE(tu::FsckClean(image, &out)) << out;
+}
+
 // §4.7, §14.7: untorn writes where allowed (the kernel's discovery reports ATOMIC and the
 // device's atomic unit range contains the fs block size): inodes get FUSE_ATTR_ATOMIC and
 // one-block RWF_ATOMIC direct writes get MAPPED/UNWRITTEN mappings with F_ATOMIC_BIO, never from
