@@ -42,8 +42,9 @@
 //
 // Thread-safety: every method may be called concurrently from worker threads. BEGIN, END and
 // IOEND of one inode are serialized by a striped per-inode mutex (§10 "serialise per inode").
-// Lock order: per-inode mutex, then bpf_mu_ / cache_mu_ (leaves); the metadata lock is taken
-// inside Filesystem calls and never held here; notifications are sent without it.
+// Lock order: per-inode mutex, then dev_inval_mu_ (held across DEV_INVAL sends), then bpf_mu_ /
+// cache_mu_ (leaves); the metadata lock is taken inside Filesystem calls (also under
+// dev_inval_mu_) and never held here; notifications are sent without it.
 // Ownership: borrows the Filesystem; owns the BPF dispatcher.
 #pragma once
 
