@@ -228,9 +228,36 @@ Result<void> Ext2Fs::Sync() {
   return data_->Flush();
 }
 
+Result<void> Ext2Fs::FreezeLocked(const Guard& g, bool mark_clean) {
+  if (&g.owner() != this || fs_ == nullptr) return Unexpected(EIO);
+  if (options_.read_write) {
+    const bool errors = (fs_->super->s_state & EXT2_ERROR_FS) != 0;
+    if (mark_clean && !errors && (state_at_open_ & EXT2_VALID_FS) != 0) {
+      fs_->super->s_state |= EXT2_VALID_FS;
+    }
+    ext2fs_mark_super_dirty(fs_);
+    if (Result<void> f = FlushLocked(); !f) {
+      fs_->super->s_state &= static_cast<uint16_t>(~EXT2_VALID_FS);
+      return f;
+    }
+  }
+  frozen_.store(true, std::memory_order_release);
+  return {};
+}
+
+Result<void> Ext2Fs::ThawLocked(const Guard& g) {
+  if (&g.owner() != this || fs_ == nullptr) return Unexpected(EIO);
+  frozen_.store(false, std::memory_order_release);
+  if (!options_.read_write) return {};
+  fs_->super->s_state &= static_cast<uint16_t>(~EXT2_VALID_FS);
+  ext2fs_mark_super_dirty(fs_);
+  return FlushLocked();
+}
+
 Result<void> Ext2Fs::Close() {
   if (fs_ == nullptr) return {};
   std::lock_guard<std::mutex> lock(mu_);
+  frozen_.store(false, std::memory_order_release);
   errcode_t err = 0;
   if (options_.read_write) {
     // Clean only if it was clean at open and no error was recorded since (kernel ext4 restores

@@ -30,6 +30,7 @@
 
 #include <ext2fs/ext2fs.h>
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -99,6 +100,19 @@ class Ext2Fs {
   // Errors: EIO.
   Result<void> Sync();
 
+  // Freezing (fsfreeze; iomap spec §8, as fuse4fs does it). FreezeLocked() marks the superblock
+  // clean (EXT2_VALID_FS) if `mark_clean`, it was clean at open and no error is recorded, writes
+  // all dirty metadata, and from then on every Transaction refuses changes with EROFS until
+  // ThawLocked(), which marks the superblock not clean again and writes it. The caller makes the
+  // image durable with Sync() after releasing the lock (nothing changes in between: frozen).
+  // Read-only opens: only the frozen state changes.
+  // REQUIRES: g holds this filesystem's metadata lock. Errors: EIO (writing the metadata; the
+  // filesystem is then not frozen / stays frozen).
+  Result<void> FreezeLocked(const Guard& g, bool mark_clean);
+  Result<void> ThawLocked(const Guard& g);
+  // True between FreezeLocked() and ThawLocked(); any thread may ask.
+  bool frozen() const { return frozen_.load(std::memory_order_acquire); }
+
   // Read-write: restores the superblock state found at open (marks it clean if it was), writes
   // all metadata, syncs, releases the image lock. Then closes the handle. A second Close() is a
   // no-op. Returns the first error.
@@ -122,8 +136,9 @@ class Ext2Fs {
   std::unique_ptr<BlockDevice> data_;
   OpenOptions options_;
   uint32_t block_size_;
-  int lock_fd_ = -1;            // the data fd holding the image lock (owned by data_), or -1
-  uint16_t state_at_open_ = 0;  // s_state found at a read-write open
+  int lock_fd_ = -1;                 // the data fd holding the image lock (owned by data_), or -1
+  uint16_t state_at_open_ = 0;       // s_state found at a read-write open
+  std::atomic<bool> frozen_{false};  // written under mu_
 };
 
 }  // namespace iomapfs::ext2

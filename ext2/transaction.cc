@@ -16,7 +16,7 @@ Transaction::~Transaction() {
 }
 
 Result<void> Transaction::WriteInode(ext2_ino_t ino, InodeBuf& inode) {
-  if (g_.owner().read_only()) return Unexpected(EROFS);
+  if (g_.owner().read_only() || g_.owner().frozen()) return Unexpected(EROFS);
   errcode_t err =
       ext2fs_write_inode_full(g_.fs(), ino, inode.base(), static_cast<int>(inode.disk_size()));
   if (err != 0) return Unexpected(ErrnoFromErrcode(err));
@@ -33,7 +33,7 @@ void Transaction::NoteAllocation() { allocation_ = true; }
 Result<void> Transaction::Commit(Durability durability) {
   if (committed_) return {};
   Ext2Fs& owner = g_.owner();
-  if (owner.read_only()) {
+  if (owner.read_only() || owner.frozen()) {
     if (!empty()) return Unexpected(EROFS);
     committed_ = true;
     return {};

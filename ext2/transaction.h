@@ -49,7 +49,7 @@ class Transaction {
   ext2_filsys fs() const { return g_.fs(); }
 
   // Writes `inode` as inode `ino` and records it.
-  // Errors: EROFS read-only filesystem; EIO; ENOMEM.
+  // Errors: EROFS read-only or frozen filesystem; EIO; ENOMEM.
   Result<void> WriteInode(ext2_ino_t ino, InodeBuf& inode);
   // Records that libext2fs wrote inode `ino` itself (extent handles, ext2fs_punch, inline data).
   void NoteInode(ext2_ino_t ino);
@@ -63,7 +63,7 @@ class Transaction {
 
   // Ends the transaction; see Durability. Committing an empty transaction is a no-op (kDurable
   // still syncs the image). A second Commit() is a no-op.
-  // Errors: EROFS read-only filesystem; EIO writing metadata or syncing the image.
+  // Errors: EROFS read-only or frozen filesystem; EIO writing metadata or syncing the image.
   Result<void> Commit(Durability durability = Durability::kDeferred);
 
  private:

@@ -140,6 +140,24 @@ ext4::Timestamp Now() {
 
 bool IsTrusted(std::string_view name) { return name.rfind("trusted.", 0) == 0; }
 
+// What still works after SHUTDOWN_FS: the requests that tear a mount down (the kernel must be
+// able to drop its inodes and file handles and unmount), INTERRUPT and notify replies, a
+// repeated SHUTDOWN_FS, and UNFREEZE_FS (a filesystem frozen before the shutdown must still
+// thaw, or the kernel could never unmount it). FLUSH belongs to close(2), which must not fail
+// on a dead filesystem; nothing is written by it. Everything else answers EIO.
+bool AllowedAfterShutdown(const wire::Body& body) {
+  return std::holds_alternative<wire::ForgetReq>(body) ||
+         std::holds_alternative<wire::BatchForgetReq>(body) ||
+         std::holds_alternative<wire::ReleaseReq>(body) ||
+         std::holds_alternative<wire::ReleasedirReq>(body) ||
+         std::holds_alternative<wire::FlushReq>(body) ||
+         std::holds_alternative<wire::DestroyReq>(body) ||
+         std::holds_alternative<wire::InterruptReq>(body) ||
+         std::holds_alternative<wire::NotifyReplyReq>(body) ||
+         std::holds_alternative<wire::ShutdownReq>(body) ||
+         std::holds_alternative<wire::UnfreezeReq>(body);
+}
+
 }  // namespace
 
 // Per-request state and the handlers, one per opcode. Handlers return the reply body (or an
@@ -246,7 +264,9 @@ struct Dispatcher::Context {
 
   Result<Reply> On(const wire::StatxReq&) {
     IOMAPFS_ASSIGN_OR_RETURN(ext4::Attr a, fs().GetAttr(req.node));
-    return Reply::Of(wire::MakeStatxOut(ToFuseStatx(a), attr_timeout()));
+    abi::fuse_statx sx = ToFuseStatx(a);
+    d.iomap_->FillStatx(a.mode, &sx);  // direct I/O alignment, untorn writes (iomap spec §14)
+    return Reply::Of(wire::MakeStatxOut(sx, attr_timeout()));
   }
 
   Result<Reply> On(const wire::ReadlinkReq&) {
@@ -538,16 +558,24 @@ struct Dispatcher::Context {
     IOMAPFS_ASSIGN_OR_RETURN(abi::fuse_iomap_ioend_out out, d.iomap_->Ioend(req, r, sink));
     return Reply::Of(out);
   }
-  Result<Reply> On(const wire::FreezeReq&) {
-    IOMAPFS_TRY(d.iomap_->Freeze());
+  Result<Reply> On(const wire::FreezeReq& r) {
+    IOMAPFS_TRY(d.iomap_->Freeze(r.unlinked));
     return Reply::Empty();
   }
   Result<Reply> On(const wire::UnfreezeReq&) {
     IOMAPFS_TRY(d.iomap_->Unfreeze());
     return Reply::Empty();
   }
+  // §8: flush what is in memory so that the image is consistent as of now (fuse4fs and ext4's
+  // EXT4_GOING_FLAGS_DEFAULT sync first), then refuse every later operation (Handle()).
   Result<Reply> On(const wire::ShutdownReq&) {
     IOMAPFS_TRY(d.iomap_->Shutdown());
+    if (!d.shut_down_.exchange(true, std::memory_order_acq_rel)) {
+      LOG_WARNING("SHUTDOWN_FS: the filesystem refuses every further operation with EIO");
+      if (Result<void> s = fs().SyncFs(); !s) {
+        LOG_ERROR("SHUTDOWN_FS: flushing the filesystem failed: %s", strerror(s.error()));
+      }
+    }
     return Reply::Empty();
   }
 
@@ -614,6 +642,11 @@ void Dispatcher::Handle(std::span<const std::byte> msg, ReplySink& sink) {
   }
   if (!initialized() && !std::holds_alternative<wire::InitReq>(req->body)) {
     LOG_WARNING("%s before INIT", std::string(wire::OpcodeName(opcode)).c_str());
+    if (wire::NeedsReply(opcode)) send(unique, EIO, {});
+    return;
+  }
+  // The one place SHUTDOWN_FS takes effect (iomap spec §8): nothing reaches the filesystem.
+  if (shut_down() && !AllowedAfterShutdown(req->body)) {
     if (wire::NeedsReply(opcode)) send(unique, EIO, {});
     return;
   }

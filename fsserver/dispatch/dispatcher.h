@@ -58,6 +58,12 @@ class Dispatcher final : public RequestHandler {
   uint32_t minor() const { return minor_.load(std::memory_order_acquire); }
   uint64_t init_flags() const { return init_flags_.load(std::memory_order_acquire); }
   bool destroyed() const { return destroyed_.load(); }
+  // True once SHUTDOWN_FS was handled (iomap spec §8): from then on every request answers EIO
+  // except those that tear the mount down (FORGET, BATCH_FORGET, RELEASE, RELEASEDIR, FLUSH,
+  // DESTROY, INTERRUPT) and UNFREEZE_FS. Those still run, so that the kernel can unmount and the
+  // server's teardown (orphans freed at the last FORGET, the superblock state at close) leaves
+  // a consistent image; metadata was flushed when the shutdown was handled.
+  bool shut_down() const { return shut_down_.load(std::memory_order_acquire); }
   const DispatchStats& stats() const { return stats_; }
   // The fuse-iomap side (enabled() once INIT negotiated FUSE_IOMAP).
   const IomapHandler& iomap() const { return *iomap_; }
@@ -70,6 +76,7 @@ class Dispatcher final : public RequestHandler {
   std::atomic<uint32_t> minor_{0};
   std::atomic<uint64_t> init_flags_{0};  // flags we enabled (offered by the kernel and wanted)
   std::atomic<bool> destroyed_{false};
+  std::atomic<bool> shut_down_{false};
   DispatchStats stats_;
   std::unique_ptr<IomapHandler> iomap_;
 };

@@ -31,6 +31,11 @@ namespace {
 
 constexpr uint32_t kWriteOps = abi::FUSE_IOMAP_OP_WRITE | abi::FUSE_IOMAP_OP_ZERO |
                                abi::FUSE_IOMAP_OP_UNSHARE | abi::FUSE_IOMAP_OP_WRITEBACK;
+// statx(2) uapi (include/uapi/linux/stat.h).
+constexpr uint32_t kStatxDioAlign = 0x00002000U;           // STATX_DIOALIGN
+constexpr uint32_t kStatxWriteAtomic = 0x00010000U;        // STATX_WRITE_ATOMIC
+constexpr uint64_t kStatxAttrWriteAtomic = 0x00400000ULL;  // STATX_ATTR_WRITE_ATOMIC
+
 // Ops that never use the kernel cache (§4.3, §12.2): no RETRY_CACHE for them.
 constexpr uint32_t kNoCacheOps = abi::FUSE_IOMAP_OP_ATOMIC | abi::FUSE_IOMAP_OP_SWAPFILE;
 
@@ -65,7 +70,6 @@ void SetNofsOnce(ReplySink& sink) {
 // statx(2) STATX_WRITE_ATOMIC of `fd` (Linux 6.11 uapi; raw, as older headers lack the fields).
 // Returns: {unit_min, unit_max}, {0, 0} when the file reports no untorn writes.
 std::pair<uint32_t, uint32_t> DeviceAtomicUnits(int fd) {
-  constexpr uint32_t kStatxWriteAtomic = 0x00010000U;
   alignas(8) unsigned char buf[256] = {};  // struct statx
   if (::syscall(SYS_statx, fd, "", AT_EMPTY_PATH, kStatxWriteAtomic, buf) != 0) return {0, 0};
   uint32_t mask, unit_min, unit_max;
@@ -74,6 +78,27 @@ std::pair<uint32_t, uint32_t> DeviceAtomicUnits(int fd) {
   std::memcpy(&unit_max, buf + 172, sizeof(unit_max));  // stx_atomic_write_unit_max
   if ((mask & kStatxWriteAtomic) == 0) return {0, 0};
   return {unit_min, unit_max};
+}
+
+// statx(2) of `fd`: STATX_DIOALIGN (Linux 6.1 uapi, raw like DeviceAtomicUnits). A device that
+// does not report it: its logical block size (BLKSSZGET) if it is a block device, else 512, the
+// smallest logical block size. Returns: {dio_mem_align, dio_offset_align}.
+std::pair<uint32_t, uint32_t> DeviceDioAlign(int fd) {
+  alignas(8) unsigned char buf[256] = {};  // struct statx
+  if (::syscall(SYS_statx, fd, "", AT_EMPTY_PATH, kStatxDioAlign, buf) == 0) {
+    uint32_t mask, mem, offset;
+    std::memcpy(&mask, buf, sizeof(mask));            // stx_mask
+    std::memcpy(&mem, buf + 152, sizeof(mem));        // stx_dio_mem_align
+    std::memcpy(&offset, buf + 156, sizeof(offset));  // stx_dio_offset_align
+    if ((mask & kStatxDioAlign) != 0 && mem != 0 && offset != 0) return {mem, offset};
+  }
+  int logical = 0;
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISBLK(st.st_mode) && ::ioctl(fd, BLKSSZGET, &logical) == 0 &&
+      logical > 0) {
+    return {static_cast<uint32_t>(logical), static_cast<uint32_t>(logical)};
+  }
+  return {512, 512};
 }
 
 Result<void> SendNotify(ReplySink& sink, const std::vector<std::byte>& msg) {
@@ -142,6 +167,21 @@ uint32_t IomapHandler::AttrFlags(uint32_t mode) const {
   return abi::FUSE_ATTR_EXCLUSIVE | abi::FUSE_ATTR_IOMAP | (atomic() ? abi::FUSE_ATTR_ATOMIC : 0);
 }
 
+void IomapHandler::FillStatx(uint32_t mode, abi::fuse_statx* sx) const {
+  if (!enabled() || !S_ISREG(mode) || backing_id() == 0) return;
+  sx->mask |= kStatxDioAlign;
+  sx->dio_mem_align = dio_mem_align_.load(std::memory_order_relaxed);
+  sx->dio_offset_align = dio_offset_align_.load(std::memory_order_relaxed);
+  if (!atomic()) return;
+  // §14.7: the atomic unit is exactly one fs block, one segment.
+  sx->mask |= kStatxWriteAtomic;
+  sx->attributes |= kStatxAttrWriteAtomic;
+  sx->attributes_mask |= kStatxAttrWriteAtomic;
+  sx->atomic_write_unit_min = block_size_;
+  sx->atomic_write_unit_max = block_size_;
+  sx->atomic_write_segments_max = 1;
+}
+
 Result<abi::fuse_iomap_config_out> IomapHandler::Config(const wire::IomapConfigReq& r,
                                                         ReplySink& sink) {
   if (!enabled()) return Unexpected(ENOSYS);
@@ -153,6 +193,7 @@ Result<abi::fuse_iomap_config_out> IomapHandler::Config(const wire::IomapConfigR
   // takes the image file) directly; an image file on a real kernel through a loop device.
   const int data_fd = fs_.data_fd();
   Result<uint32_t> id = control->BackingOpen(data_fd, abi::FUSE_BACKING_TYPE_IOMAP);
+  UniqueFd loop_fd;  // the loop device registered in place of the image, if any
   if (!id && id.error() == ENODEV) {
     std::string loop_path;
     Result<UniqueFd> loop = AttachLoop(data_fd, fs_.read_only(), &loop_path);
@@ -164,12 +205,20 @@ Result<abi::fuse_iomap_config_out> IomapHandler::Config(const wire::IomapConfigR
       return Unexpected(EIO);
     }
     LOG_INFO("iomap mode: image attached to %s", loop_path.c_str());
-    id = control->BackingOpen(loop->get(), abi::FUSE_BACKING_TYPE_IOMAP);
+    loop_fd = std::move(*loop);
+    id = control->BackingOpen(loop_fd.get(), abi::FUSE_BACKING_TYPE_IOMAP);
   }
   if (!id) {
     LOG_ERROR("iomap mode: BACKING_OPEN failed: %s", strerror(id.error()));
     return Unexpected(id.error());
   }
+  // §14.6: the kernel does direct I/O on the registered device; STATX reports its alignment.
+  auto [mem_align, offset_align] =
+      options_.test_device_dio_align != 0
+          ? std::pair{options_.test_device_dio_align, options_.test_device_dio_align}
+          : DeviceDioAlign(loop_fd.valid() ? loop_fd.get() : data_fd);
+  dio_mem_align_.store(mem_align, std::memory_order_relaxed);
+  dio_offset_align_.store(offset_align, std::memory_order_relaxed);
   dev_.store(*id, std::memory_order_release);
   fs_.IomapTrackFreedBlocks();  // for DEV_INVAL (§11.5), sent by AfterRequest
   SetNofsOnce(sink);
@@ -311,6 +360,10 @@ bool IomapHandler::Upsert(Ino ino, std::span<const iomap::Mapping> maps, ReplySi
         sink,
         wire::EncodeNotifyIomapUpsert(ino, read, Placeholder(read, abi::FUSE_IOMAP_TYPE_NOCACHE)));
     stats_.upserts.fetch_add(1, std::memory_order_relaxed);
+    if (r && read.type == abi::FUSE_IOMAP_TYPE_INLINE) {
+      std::lock_guard<std::mutex> lock(cache_mu_);
+      inline_cached_.insert(ino.value());
+    }
     if (!r) {
       stats_.upsert_failures.fetch_add(1, std::memory_order_relaxed);
       LOG_DEBUG("iomap: UPSERT for inode %llu refused: %s",
@@ -327,6 +380,7 @@ void IomapHandler::Inval(Ino ino, uint64_t offset, uint64_t length, ReplySink& s
   {
     std::lock_guard<std::mutex> lock(cache_mu_);
     if (offset == 0 && length == abi::FUSE_IOMAP_INVAL_TO_EOF) upserted_.erase(ino.value());
+    if (offset == 0) inline_cached_.erase(ino.value());  // an INLINE mapping is [0, block)
   }
   stats_.invals.fetch_add(1, std::memory_order_relaxed);
   abi::fuse_range range{offset, length};
@@ -335,6 +389,11 @@ void IomapHandler::Inval(Ino ino, uint64_t offset, uint64_t length, ReplySink& s
     LOG_WARNING("iomap: INVAL for inode %llu failed: %s",
                 static_cast<unsigned long long>(ino.value()), strerror(r.error()));
   }
+}
+
+bool IomapHandler::InlineCached(Ino ino) {
+  std::lock_guard<std::mutex> lock(cache_mu_);
+  return inline_cached_.count(ino.value()) != 0;
 }
 
 void IomapHandler::RefreshBpf(Ino ino) {
@@ -380,12 +439,13 @@ Result<abi::fuse_iomap_begin_out> IomapHandler::Begin(const wire::Request& req,
   std::vector<iomap::Mapping> maps;
   bool allocated = false;
   if (write_op) {
-    if ((op & abi::FUSE_IOMAP_OP_NOWAIT) != 0 || frozen_.load()) {
+    const bool frozen = fs_.frozen();
+    if ((op & abi::FUSE_IOMAP_OP_NOWAIT) != 0 || frozen) {
       // Allocation blocks (metadata I/O, the lock): NOWAIT callers retry without it. A frozen
       // filesystem takes no new allocations; existing storage is still handed out.
       IOMAPFS_ASSIGN_OR_RETURN(iomap::Mapping m, fs_.IomapRead(ino, r.pos, 0));
       if (m.type == iomap::MappingType::kHole && (op & abi::FUSE_IOMAP_OP_ZERO) == 0) {
-        return Unexpected(frozen_.load() ? EROFS : EAGAIN);
+        return Unexpected(frozen ? EROFS : EAGAIN);
       }
     }
     IOMAPFS_ASSIGN_OR_RETURN(maps, fs_.IomapWrite(ino, r.pos, r.count, op, &allocated));
@@ -407,12 +467,24 @@ Result<abi::fuse_iomap_begin_out> IomapHandler::Begin(const wire::Request& req,
     stats_.rejected.fetch_add(1, std::memory_order_relaxed);
     return Unexpected(ok.error());
   }
-  if (allocated) RefreshBpf(ino);
+  if (allocated) {
+    // §11.5: the allocation may have reused blocks freed by a request whose DEV_INVAL is not
+    // sent yet; announce them before any mapping of them (UPSERT, the reply) leaves.
+    SendDevInvals(sink);
+    RefreshBpf(ino);
+  }
+  // A write past the inline area converted an inline-data file to extents (§9, §12.5: the
+  // kernel drops only the written range by itself): its cached INLINE mapping is stale.
+  if (allocated && maps[0].type != iomap::MappingType::kInline && InlineCached(ino)) {
+    Inval(ino, 0, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+  }
 
   // §12: cache what was looked up (not REPORT: FIEMAP would thrash the cache; not the ops that
-  // bypass it), then let the kernel take it from there.
+  // bypass it), then let the kernel take it from there. INLINE mappings (§9, §12.1) only for
+  // reads: a read then costs the FUSE_READ of its bytes and no BEGIN; a write into an INLINE
+  // destination may need the file converted, which only a BEGIN can do.
   const bool cacheable = (op & (abi::FUSE_IOMAP_OP_REPORT | kNoCacheOps)) == 0 &&
-                         read.type != abi::FUSE_IOMAP_TYPE_INLINE;
+                         (read.type != abi::FUSE_IOMAP_TYPE_INLINE || !write_op);
   bool upserted = cacheable && Upsert(ino, maps, sink);
   abi::fuse_iomap_begin_out out = wire::MakeIomapBeginOut(read, PureOverwrite(read));
   if (upserted && options_.retry_cache) {
@@ -487,20 +559,20 @@ void IomapHandler::Opened(const wire::Request& req, ReplySink& sink) {
   }
   size_t limit = std::min(options_.open_upsert_limit, fork_limit_records_);
   auto maps = fs_.IomapFileMappings(req.node, limit);
-  if (maps) {
-    std::vector<iomap::Mapping> cacheable;
-    for (const iomap::Mapping& m : *maps) {
-      if (m.type != iomap::MappingType::kInline) cacheable.push_back(m);
-    }
-    Upsert(req.node, cacheable, sink);
-  }
+  if (maps) Upsert(req.node, *maps, sink);  // INLINE included (block-aligned, ToWire)
   RefreshBpf(req.node);
 }
 
 void IomapHandler::SendDevInvals(ReplySink& sink) {
   const uint32_t dev = backing_id();
   if (dev == 0) return;
-  for (auto [offset, length] : fs_.IomapTakeFreedBlocks()) {
+  if (options_.test_dev_inval_hook) options_.test_dev_inval_hook(DevInvalPoint::kBeforeTake);
+  // Another thread may have taken ranges and not sent them yet: wait for it, so that blocks it
+  // took and this caller may hand out again are announced before this returns.
+  std::lock_guard<std::mutex> lock(dev_inval_mu_);
+  std::vector<std::pair<uint64_t, uint64_t>> freed = fs_.IomapTakeFreedBlocks();
+  if (options_.test_dev_inval_hook) options_.test_dev_inval_hook(DevInvalPoint::kTaken);
+  for (auto [offset, length] : freed) {
     stats_.dev_invals.fetch_add(1, std::memory_order_relaxed);
     Result<void> r = SendNotify(
         sink, wire::EncodeNotifyIomapDevInval(dev, abi::fuse_range{offset + data_offset_, length}));
@@ -522,6 +594,7 @@ void IomapHandler::AfterRequest(const wire::Request& req, bool ok, ReplySink& si
     drop_bpf(ino);
     std::lock_guard<std::mutex> lock(cache_mu_);
     upserted_.erase(ino.value());
+    inline_cached_.erase(ino.value());
   };
   if (const auto* f = std::get_if<wire::ForgetReq>(&req.body)) {
     (void)f;
@@ -536,10 +609,20 @@ void IomapHandler::AfterRequest(const wire::Request& req, bool ok, ReplySink& si
   // The layout changed: drop what the kernel may have cached (§12.5 says the kernel drops the
   // same ranges itself; being explicit keeps a kernel without that logic correct) and replace
   // the BPF program before the reply releases the caller.
+  // An inline-data file whose INLINE mapping is cached may have been converted to extents
+  // (grown past the inline area): drop everything from 0 then.
+  auto from = [&](Ino ino, uint64_t offset) { return InlineCached(ino) ? 0 : offset; };
   if (const auto* s = std::get_if<wire::SetattrReq>(&req.body)) {
     if ((s->in.valid & abi::FATTR_SIZE) == 0) return;
     std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
-    Inval(req.node, s->in.size, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+    Inval(req.node, from(req.node, s->in.size), abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+    RefreshBpf(req.node);
+  } else if (std::holds_alternative<wire::WriteReq>(req.body)) {
+    // FUSE_WRITE: the kernel's write into an INLINE destination (§9), or classic I/O. The
+    // kernel drops the written range itself; the file may have left the inline format.
+    if (!InlineCached(req.node)) return;
+    std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
+    Inval(req.node, 0, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
     RefreshBpf(req.node);
   } else if (const auto* o = std::get_if<wire::OpenReq>(&req.body)) {
     // O_TRUNC with FUSE_ATOMIC_O_TRUNC: the OPEN handler truncated the file (§10).
@@ -549,25 +632,23 @@ void IomapHandler::AfterRequest(const wire::Request& req, bool ok, ReplySink& si
     RefreshBpf(req.node);
   } else if (const auto* fa = std::get_if<wire::FallocateReq>(&req.body)) {
     std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
-    Inval(req.node, fa->offset, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+    Inval(req.node, from(req.node, fa->offset), abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
     RefreshBpf(req.node);
   } else if (const auto* c = std::get_if<wire::CopyFileRangeReq>(&req.body)) {
     std::lock_guard<std::mutex> inode_lock(InodeLock(c->node_out));
-    Inval(c->node_out, c->off_out, abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
+    Inval(c->node_out, from(c->node_out, c->off_out), abi::FUSE_IOMAP_INVAL_TO_EOF, sink);
     RefreshBpf(c->node_out);
   }
 }
 
-Result<void> IomapHandler::Freeze() {
+Result<void> IomapHandler::Freeze(uint64_t unlinked) {
   if (!enabled()) return Unexpected(ENOSYS);
-  IOMAPFS_TRY(fs_.IomapSync());
-  frozen_.store(true);
-  return {};
+  return fs_.Freeze(unlinked);
 }
 
 Result<void> IomapHandler::Unfreeze() {
-  frozen_.store(false);
-  return {};
+  if (!enabled()) return Unexpected(ENOSYS);
+  return fs_.Thaw();
 }
 
 Result<void> IomapHandler::Shutdown() {

@@ -10,8 +10,12 @@
 //            iomap kernel (the kernel model records them).
 //   LOOKUP   regular files get FUSE_ATTR_EXCLUSIVE|FUSE_ATTR_IOMAP (§1.5), and FUSE_ATTR_ATOMIC
 //            when untorn writes are allowed (§4.7, §14.7; decided at CONFIG).
+//   STATX    regular files report the device's direct I/O alignment (STATX_DIOALIGN, §14.6)
+//            and, with untorn writes, STATX_WRITE_ATOMIC of one fs block (§14.7).
 //   OPEN     pushes the file's mappings into the kernel cache (UPSERT, §12.3) within the
-//            kernel's per-fork limit, and installs the file's BPF program.
+//            kernel's per-fork limit, INLINE ones included (§9, §12.1: [0, block), so that a
+//            read of an inline-data file costs its FUSE_READ and no BEGIN), and installs the
+//            file's BPF program.
 //   BEGIN    reads, REPORT, DIRECT: the engine's mapping (whole extent); write ops over a hole
 //            (not ZERO) allocate UNWRITTEN extents first (§4.4, §14.3), never DELALLOC; NOWAIT
 //            writes that would allocate answer EAGAIN; ATOMIC sets F_ATOMIC_BIO (§4.7). Every
@@ -19,26 +23,38 @@
 //            sent; then it is upserted and, where allowed, the reply is RETRY_CACHE (§12.6).
 //   END      raises the on-disk size after size-extending buffered writes (§5, §14.4).
 //   IOEND    converts unwritten extents and raises the size; the reply carries it (§6).
+//   FREEZE   (§8, as fuse4fs) writes the superblock clean unless inodes await removal, syncs, and
+//            refuses every change with EROFS until UNFREEZE (not clean again, writable).
+//   SHUTDOWN (§8) flushes; the Dispatcher then answers everything but teardown with EIO.
 //   After layout-changing requests (truncate, O_TRUNC open, fallocate, copy_file_range) the file's
 //   cached mappings are INValidated (§12.4) and its BPF program replaced before the reply is sent;
+//   for a file whose INLINE mapping is cached, from offset 0, and also after a FUSE_WRITE or a
+//   BEGIN that converted it to extents (user xattrs do not move inline data: system.data keeps
+//   its place, only the room left to grow in changes);
 //   FORGET drops the program (the inode number may be reused). Blocks freed by any request are
 //   announced with DEV_INVAL (§11.5) before its reply: the server's buffered I/O on the device
-//   may have left cached pages of them. UNLINK needs no INVAL: the
+//   may have left cached pages of them. A BEGIN that allocated announces whatever was freed
+//   before it upserts or replies, and taking + sending the freed ranges is one critical section,
+//   so no mapping of a reused block reaches the kernel before that block's DEV_INVAL, whichever
+//   thread freed it. UNLINK needs no INVAL: the
 //   blocks of an unlinked inode are freed only at the FORGET of its last lookup reference
 //   (Filesystem::Forget), i.e. after the kernel evicted the inode and with it its cache (§12.1).
 //
 // Thread-safety: every method may be called concurrently from worker threads. BEGIN, END and
 // IOEND of one inode are serialized by a striped per-inode mutex (§10 "serialise per inode").
-// Lock order: per-inode mutex, then bpf_mu_ / cache_mu_ (leaves); the metadata lock is taken
-// inside Filesystem calls and never held here; notifications are sent without it.
+// Lock order: per-inode mutex, then dev_inval_mu_ (held across DEV_INVAL sends), then bpf_mu_ /
+// cache_mu_ (leaves); the metadata lock is taken inside Filesystem calls (also under
+// dev_inval_mu_) and never held here; notifications are sent without it.
 // Ownership: borrows the Filesystem; owns the BPF dispatcher.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "base/result.h"
 #include "base/strong_id.h"
@@ -60,6 +76,12 @@ enum class IomapFault {
   kNotCovering,  // the read slot moved past pos (does not cover it)
 };
 
+// Test hook points in SendDevInvals (the DEV_INVAL of freed blocks, §11.5).
+enum class DevInvalPoint {
+  kBeforeTake,  // the blocks are freed, nothing is taken from the log yet (no lock held)
+  kTaken,       // the ranges are taken from the log, not yet sent (dev_inval_mu_ held)
+};
+
 struct IomapOptions {
   bool enable = true;       // acknowledge FUSE_IOMAP when the kernel offers it
   bool cache = true;        // UPSERT mappings into the kernel's cache (OPEN, BEGIN)
@@ -76,7 +98,12 @@ struct IomapOptions {
   // Tests: the device's atomic write unit, min = max, instead of asking statx (0: ask). The
   // kernel model's "device" is an image file, which reports no atomic writes.
   uint32_t test_device_atomic_unit = 0;
+  // Tests: the device's direct I/O alignment (memory and offset) instead of asking statx
+  // (STATX_DIOALIGN) or the block device (0: ask).
+  uint32_t test_device_dio_align = 0;
   IomapFault fault = IomapFault::kNone;
+  // Tests: called on the calling thread at each DevInvalPoint (to pause a freeing thread there).
+  std::function<void(DevInvalPoint)> test_dev_inval_hook;
 };
 
 struct IomapStats {
@@ -107,6 +134,11 @@ class IomapHandler {
 
   // fuse_attr.flags for an inode of this mode (0 unless in iomap mode).
   uint32_t AttrFlags(uint32_t mode) const;
+  // STATX of an inode of this mode (§14.6, §14.7): for regular files in iomap mode adds
+  // STATX_DIOALIGN (the kernel does direct I/O on the registered device itself: its alignment,
+  // found at CONFIG) and, where untorn writes are advertised, STATX_WRITE_ATOMIC with a unit of
+  // exactly one fs block and one segment, and STATX_ATTR_WRITE_ATOMIC. Otherwise leaves `sx`.
+  void FillStatx(uint32_t mode, abi::fuse_statx* sx) const;
 
   // Errors: EIO the image cannot be registered (no block device and no loop device), the
   // device registration's errno.
@@ -126,9 +158,14 @@ class IomapHandler {
   // Called for every request after its handler ran and before its reply is sent.
   void AfterRequest(const wire::Request& req, bool ok, ReplySink& sink);
 
-  // FREEZE_FS: syncs, then refuses new allocations (EROFS) until UNFREEZE_FS.
-  // SHUTDOWN_FS: from then on BEGIN, END and IOEND fail with EIO (§8).
-  Result<void> Freeze();
+  // FREEZE_FS (§8, as fuse4fs): Filesystem::Freeze: the superblock is written clean (unless
+  // orphans, `unlinked` open unlinked inodes or recorded errors), the image synced, and every
+  // change is refused with EROFS (allocating BEGINs too; mappings of existing storage are still
+  // handed out) until UNFREEZE_FS (Filesystem::Thaw: not clean again, writable).
+  // Errors: ENOSYS not in iomap mode; EIO writing the image.
+  // SHUTDOWN_FS: from then on BEGIN, END and IOEND fail with EIO (§8). The Dispatcher refuses
+  // every other operation itself (Dispatcher::shut_down()).
+  Result<void> Freeze(uint64_t unlinked);
   Result<void> Unfreeze();
   Result<void> Shutdown();
   // DESTROY: detaches BPF and drops the registration state.
@@ -147,7 +184,12 @@ class IomapHandler {
   // would be exceeded. Returns: whether every upsert was accepted.
   bool Upsert(Ino ino, std::span<const iomap::Mapping> maps, ReplySink& sink);
   void Inval(Ino ino, uint64_t offset, uint64_t length, ReplySink& sink);
-  // DEV_INVAL (§11.5) for every block range freed since the last call.
+  // Whether an INLINE mapping of `ino` was upserted and not INValidated since.
+  bool InlineCached(Ino ino);
+  // DEV_INVAL (§11.5) for every block range freed since the last call. Taking the ranges and
+  // sending them is one critical section (dev_inval_mu_): a caller that returns from here knows
+  // that every block freed before its call was announced, by it or by another thread, so a
+  // mapping of a reused block it hands out afterwards cannot overtake that block's DEV_INVAL.
   void SendDevInvals(ReplySink& sink);
   // Reinstalls (or removes) the BPF program of `ino` from its current layout.
   void RefreshBpf(Ino ino);
@@ -157,10 +199,12 @@ class IomapHandler {
   const IomapOptions options_;
   std::atomic<bool> enabled_{false};
   std::atomic<bool> atomic_{false};
-  std::atomic<bool> frozen_{false};
   std::atomic<bool> shut_down_{false};
   std::atomic<uint32_t> dev_{0};  // backing id from BACKING_OPEN
   uint32_t block_size_ = 0;
+  // Direct I/O alignment of the registered device (§14.6), set at CONFIG before any STATX.
+  std::atomic<uint32_t> dio_mem_align_{0};
+  std::atomic<uint32_t> dio_offset_align_{0};
   uint64_t data_offset_ = 0;
   uint64_t device_bytes_ = 0;
   uint64_t max_bytes_ = 0;
@@ -168,8 +212,12 @@ class IomapHandler {
 
   static constexpr size_t kInodeLocks = 64;
   std::mutex inode_mu_[kInodeLocks];
+  // Held while freed ranges are taken and announced. Lock order: per-inode mutex, then this;
+  // notifications are sent under it (the kernel's DEV_INVAL handler calls nothing of ours).
+  std::mutex dev_inval_mu_;
   std::mutex cache_mu_;                            // leaf
   std::unordered_map<uint64_t, size_t> upserted_;  // records sent per inode since last INVAL
+  std::unordered_set<uint64_t> inline_cached_;     // inodes with an upserted INLINE mapping
   std::mutex bpf_mu_;                              // leaf
   std::unique_ptr<Bpf> bpf_;                       // guarded by bpf_mu_
   IomapStats stats_;

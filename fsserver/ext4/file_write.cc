@@ -51,7 +51,7 @@ Result<void> WriteZeros(ext2::BlockDevice& dev, const std::vector<iomap::ZeroSpa
 
 Result<size_t> Filesystem::Write(Ino ino, uint64_t offset, std::span<const std::byte> data,
                                  bool append, bool kill_suid_sgid) {
-  if (read_only()) return Unexpected(EROFS);
+  if (impl_->read_only()) return Unexpected(EROFS);
   Impl& impl = *impl_;
   std::lock_guard<std::mutex> inode_lock(impl.inode_locks.For(ino));
   const uint32_t bs = block_size();
@@ -152,7 +152,7 @@ Result<void> Filesystem::Fallocate(Ino ino, uint32_t mode, uint64_t offset, uint
   if (length == 0 || static_cast<int64_t>(offset) < 0 || static_cast<int64_t>(length) <= 0) {
     return Unexpected(EINVAL);
   }
-  if (read_only()) return Unexpected(EROFS);
+  if (impl_->read_only()) return Unexpected(EROFS);
   Impl& impl = *impl_;
   std::lock_guard<std::mutex> inode_lock(impl.inode_locks.For(ino));
   std::vector<iomap::ZeroSpan> spans;

@@ -40,7 +40,8 @@ Filesystem::Filesystem(std::unique_ptr<ext2::Ext2Fs> fs, const Options& options)
 Filesystem::~Filesystem() = default;
 
 uint32_t Filesystem::block_size() const { return impl_->fs->block_size(); }
-bool Filesystem::read_only() const { return impl_->read_only(); }
+bool Filesystem::read_only() const { return impl_->mounted_read_only(); }
+bool Filesystem::frozen() const { return impl_->fs->frozen(); }
 
 Result<Attr> Filesystem::Lookup(Ino parent, std::string_view name) {
   if (name.size() > kMaxNameLen) return Unexpected(ENAMETOOLONG);
@@ -78,8 +79,9 @@ void Filesystem::Forget(Ino ino, uint64_t nlookup) {
   ext2::Guard g = impl_->fs->Lock();
   impl_->engine->Invalidate(g, ino);
   impl_->dirs.Invalidate(g, ino);
-  // An unlinked inode the kernel no longer references is freed now (ext4_evict_inode).
-  if (impl_->orphans.count(ino.value()) != 0) {
+  // An unlinked inode the kernel no longer references is freed now (ext4_evict_inode); while
+  // frozen it stays an orphan until Thaw().
+  if (impl_->orphans.count(ino.value()) != 0 && !impl_->fs->frozen()) {
     (void)impl_->Check(g, impl_->ReleaseOrphan(g, ino), ino, "Forget");
   }
 }
@@ -181,7 +183,8 @@ Result<FileHandle> Filesystem::Open(Ino ino, int flags) {
     IOMAPFS_ASSIGN_OR_RETURN(InodeBuf inode, impl_->ReadLive(g, ino));
     if (inode.is_dir() && write) return Unexpected(EISDIR);
   }
-  if (write && read_only()) return Unexpected(EROFS);
+  // A frozen filesystem still opens files for writing (the writes themselves are refused).
+  if (write && impl_->mounted_read_only()) return Unexpected(EROFS);
   return FileHandle(impl_->next_fh.fetch_add(1));
 }
 
@@ -294,7 +297,8 @@ Result<void> Filesystem::Access(Ino ino, int mask, const Caller& caller) {
   if ((mask & W_OK) != 0) {
     // inode_permission(): read-only filesystem for files, dirs and links; then immutable.
     uint32_t fmt = inode.mode() & LINUX_S_IFMT;
-    if (read_only() && (fmt == LINUX_S_IFREG || fmt == LINUX_S_IFDIR || fmt == LINUX_S_IFLNK)) {
+    if (impl_->mounted_read_only() &&
+        (fmt == LINUX_S_IFREG || fmt == LINUX_S_IFDIR || fmt == LINUX_S_IFLNK)) {
       return Unexpected(EROFS);
     }
     if ((inode.flags() & kFlagImmutable) != 0) return Unexpected(EPERM);
@@ -325,12 +329,41 @@ Result<ext2::InodeBuf> Filesystem::ReadRegular(const ext2::Guard& g, Ino ino) {
   return inode;
 }
 
+Result<void> Filesystem::Freeze(uint64_t unlinked) {
+  {
+    ext2::Guard g = impl_->fs->Lock();
+    const bool no_orphans = impl_->orphans.empty() && unlinked == 0;
+    IOMAPFS_TRY(impl_->fs->FreezeLocked(g, no_orphans));
+  }
+  return impl_->fs->Sync();
+}
+
+Result<void> Filesystem::Thaw() {
+  Result<void> first;
+  {
+    ext2::Guard g = impl_->fs->Lock();
+    if (!impl_->fs->frozen()) return {};
+    IOMAPFS_TRY(impl_->fs->ThawLocked(g));
+    // Orphans whose last reference went while frozen (Forget() kept them).
+    std::vector<uint64_t> orphans(impl_->orphans.begin(), impl_->orphans.end());
+    for (uint64_t n : orphans) {
+      if (impl_->Referenced(Ino(n))) continue;
+      auto r = impl_->Check(g, impl_->ReleaseOrphan(g, Ino(n)), Ino(n), "Thaw");
+      if (!r && first) first = r;
+    }
+  }
+  Result<void> synced = impl_->fs->Sync();
+  if (!first) return first;
+  return synced;
+}
+
 Result<void> Filesystem::Close() {
   {
     std::lock_guard<std::mutex> lock(impl_->handles_mu);
     impl_->dir_handles.clear();
   }
   Result<void> first;
+  if (impl_->fs->frozen()) first = Thaw();  // unmounted while frozen
   if (!read_only()) {
     // Every orphan dies with the mount, as at kernel ext4's unmount.
     ext2::Guard g = impl_->fs->Lock();

@@ -99,7 +99,9 @@ class Filesystem {
   ~Filesystem();
 
   uint32_t block_size() const;
+  // Mounted read-only (opened so, or made so by errors=remount-ro). Not set by Freeze().
   bool read_only() const;
+  bool frozen() const;
 
   // Each successful Lookup (and each READDIRPLUS entry handed out) counts one kernel reference
   // on the inode; Forget() returns them. Per-inode caches live while references remain.
@@ -236,7 +238,18 @@ class Filesystem {
   // Makes everything durable.
   Result<void> SyncFs();
 
-  // Flushes and closes the filesystem. Returns the first error.
+  // fsfreeze (FREEZE_FS / UNFREEZE_FS, iomap spec §8, as fuse4fs): Freeze() writes all metadata
+  // with the superblock marked clean (EXT2_VALID_FS) when it was clean at open, no error is
+  // recorded and no inode awaits removal (no orphan here and `unlinked`, the kernel's count of
+  // open unlinked inodes, is 0), and syncs the image; from then on every modifying operation
+  // fails with EROFS (opening for writing still works, as on a frozen kernel filesystem), and
+  // an orphan whose last reference goes (Forget) is kept. Thaw() marks the superblock not clean,
+  // frees those orphans, writes and syncs; changes are allowed again. Thaw() of a filesystem
+  // that is not frozen does nothing. Errors: EIO (writing or syncing the image).
+  Result<void> Freeze(uint64_t unlinked);
+  Result<void> Thaw();
+
+  // Flushes and closes the filesystem (thawing it first if frozen). Returns the first error.
   Result<void> Close();
 
   // ---------------------------------------------------------------------------------------
@@ -275,8 +288,6 @@ class Filesystem {
   // The mappings of [0, ceil(i_size)) in order, at most `max_count` of them (0: none).
   // Errors: EINVAL not a regular file; as Engine::MapRange.
   Result<std::vector<iomap::Mapping>> IomapFileMappings(Ino ino, size_t max_count);
-  // Writes all metadata and syncs the image (FREEZE_FS, §8).
-  Result<void> IomapSync();
   // From now on records the device byte ranges of every block freed (libext2fs's block
   // allocation callbacks, called under the metadata lock), for DEV_INVAL (spec §11.5).
   void IomapTrackFreedBlocks();

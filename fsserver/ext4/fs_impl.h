@@ -102,11 +102,14 @@ struct Filesystem::Impl {
   // Set once corruption was found under errors=remount-ro: every later change is refused.
   std::atomic<bool> errors_made_read_only{false};
 
-  // The one test every modifying operation makes: opened read-only, or made read-only by
-  // errors=remount-ro.
-  bool read_only() const {
+  // Mounted read-only: opened read-only, or made read-only by errors=remount-ro. What open(2)
+  // for writing and access(W_OK) refuse.
+  bool mounted_read_only() const {
     return fs->read_only() || errors_made_read_only.load(std::memory_order_acquire);
   }
+  // The one test every modifying operation makes: mounted read-only, or frozen (FREEZE_FS,
+  // Filesystem::Freeze; the transactions refuse changes under the lock too).
+  bool read_only() const { return mounted_read_only() || fs->frozen(); }
   // Inodes with no links kept alive for the kernel (on the on-disk orphan list), and which of
   // them are O_TMPFILE inodes (linkable). Guarded by the metadata lock.
   std::unordered_set<uint64_t> orphans;

@@ -17,6 +17,7 @@
 #include "ext2/inode_buf.h"
 #include "ext2/transaction.h"
 #include "fsserver/ext4/filesystem.h"
+#include "fsserver/ext4/fs_impl.h"
 #include "iomap/engine.h"
 
 namespace iomapfs::ext4 {
@@ -163,7 +164,7 @@ Result<std::vector<iomap::Mapping>> Filesystem::IomapWrite(Ino ino, uint64_t pos
     if (m.type != iomap::MappingType::kHole || (opflags & iomap::kOpZero) != 0) {
       return std::vector<iomap::Mapping>{m};
     }
-    if (read_only()) return Unexpected(EROFS);
+    if (impl_->read_only()) return Unexpected(EROFS);
     ext2::Transaction tx(g);
     IOMAPFS_ASSIGN_OR_RETURN(maps, engine().PrepareWrite(tx, ino, pos, count));
     IOMAPFS_TRY(tx.Commit());
@@ -200,7 +201,7 @@ Result<uint64_t> Filesystem::IomapIoend(Ino ino, uint64_t pos, uint64_t written,
   IOMAPFS_ASSIGN_OR_RETURN(ext2::InodeBuf inode, ReadRegular(g, ino));
   uint64_t size = inode.size();
   if (written == 0 || (!convert && pos + written <= size)) return size;
-  if (read_only()) return Unexpected(EROFS);
+  if (impl_->read_only()) return Unexpected(EROFS);
   ext2::Transaction tx(g);
   IOMAPFS_TRY(engine().CompleteWrite(tx, ino, pos, convert ? written : 0, pos + written));
   IOMAPFS_TRY(tx.Commit());
@@ -212,7 +213,7 @@ Result<uint64_t> Filesystem::IomapRaiseSize(Ino ino, uint64_t new_size) {
   ext2::Guard g = ext2fs().Lock();
   IOMAPFS_ASSIGN_OR_RETURN(ext2::InodeBuf inode, ReadRegular(g, ino));
   if (new_size <= inode.size()) return inode.size();
-  if (read_only()) return Unexpected(EROFS);
+  if (impl_->read_only()) return Unexpected(EROFS);
   ext2::Transaction tx(g);
   IOMAPFS_TRY(engine().CompleteWrite(tx, ino, new_size, 0, new_size));
   IOMAPFS_TRY(tx.Commit());
@@ -235,8 +236,6 @@ Result<std::vector<iomap::Mapping>> Filesystem::IomapFileMappings(Ino ino, size_
   }
   return out;
 }
-
-Result<void> Filesystem::IomapSync() { return ext2fs().Sync(); }
 
 int Filesystem::data_fd() {
   auto* dev = dynamic_cast<ext2::FdBlockDevice*>(&ext2fs().data());

@@ -372,7 +372,7 @@ Result<Attr> Filesystem::Tmpfile(Ino parent, uint32_t mode, uint32_t umask, cons
 // ---- Link / unlink ----------------------------------------------------------------------
 
 Result<Attr> Filesystem::Link(Ino ino, Ino new_parent, std::string_view new_name) {
-  if (read_only()) return Unexpected(EROFS);
+  if (impl_->read_only()) return Unexpected(EROFS);
   IOMAPFS_TRY(CheckName(new_name));
   Attr attr;
   {
@@ -480,7 +480,7 @@ Result<void> Filesystem::Rename(Ino old_parent, std::string_view old_name, Ino n
     return Unexpected(EINVAL);
   }
   const bool exchange = (flags & RENAME_EXCHANGE) != 0;
-  if (read_only()) return Unexpected(EROFS);
+  if (impl_->read_only()) return Unexpected(EROFS);
   IOMAPFS_TRY(CheckName(old_name));
   IOMAPFS_TRY(CheckName(new_name));
   if (IsDots(old_name) || IsDots(new_name)) return Unexpected(EBUSY);

@@ -35,7 +35,7 @@ void AclChmod(Acl& acl, uint32_t mode) {
 }  // namespace
 
 Result<Attr> Filesystem::SetAttr(Ino ino, const SetAttrRequest& req, const Caller& caller) {
-  if (read_only()) return Unexpected(EROFS);
+  if (impl_->read_only()) return Unexpected(EROFS);
   Impl& impl = *impl_;
   std::lock_guard<std::mutex> inode_lock(impl.inode_locks.For(ino));
   std::vector<iomap::ZeroSpan> spans;

@@ -42,7 +42,7 @@ Result<void> CheckInode(const InodeBuf& inode, std::string_view name) {
 
 Result<void> Filesystem::SetXattr(Ino ino, std::string_view name, std::span<const std::byte> value,
                                   int flags, bool acl_kill_sgid) {
-  if (read_only()) return Unexpected(EROFS);
+  if (impl_->read_only()) return Unexpected(EROFS);
   if ((flags & ~(XATTR_CREATE | XATTR_REPLACE)) != 0) return Unexpected(EINVAL);
   IOMAPFS_TRY(CheckName(name));
   if (value.size() > kXattrSizeMax) return Unexpected(E2BIG);
@@ -89,7 +89,7 @@ Result<void> Filesystem::SetXattr(Ino ino, std::string_view name, std::span<cons
 }
 
 Result<void> Filesystem::RemoveXattr(Ino ino, std::string_view name) {
-  if (read_only()) return Unexpected(EROFS);
+  if (impl_->read_only()) return Unexpected(EROFS);
   IOMAPFS_TRY(CheckName(name));
   Impl& impl = *impl_;
   ext2::Guard g = impl.fs->Lock();

@@ -90,9 +90,30 @@ struct fuse_statx {
   uint32_t rdev_minor;
   uint32_t dev_major;
   uint32_t dev_minor;
-  uint64_t __spare2[14];
+  // The kernel's struct statx from here on (Linux 6.16 uapi; the iomap kernel's fuse.h has the
+  // same fields): STATX_MNT_ID, STATX_DIOALIGN, STATX_SUBVOL, STATX_WRITE_ATOMIC,
+  // STATX_DIO_READ_ALIGN.
+  uint64_t mnt_id;
+  uint32_t dio_mem_align;
+  uint32_t dio_offset_align;
+  uint64_t subvol;
+  uint32_t atomic_write_unit_min;
+  uint32_t atomic_write_unit_max;
+  uint32_t atomic_write_segments_max;
+  uint32_t dio_read_offset_align;
+  uint32_t atomic_write_unit_max_opt;
+  uint32_t __spare2[1];
+  uint64_t __spare3[8];
 };
 static_assert(sizeof(fuse_statx) == 256);
+static_assert(offsetof(fuse_statx, mnt_id) == 144);
+static_assert(offsetof(fuse_statx, dio_mem_align) == 152);
+static_assert(offsetof(fuse_statx, dio_offset_align) == 156);
+static_assert(offsetof(fuse_statx, subvol) == 160);
+static_assert(offsetof(fuse_statx, atomic_write_unit_min) == 168);
+static_assert(offsetof(fuse_statx, atomic_write_segments_max) == 176);
+static_assert(offsetof(fuse_statx, atomic_write_unit_max_opt) == 184);
+static_assert(offsetof(fuse_statx, __spare3) == 192);
 static_assert(offsetof(fuse_statx, ino) == 32);
 static_assert(offsetof(fuse_statx, atime) == 64);
 static_assert(offsetof(fuse_statx, rdev_major) == 128);

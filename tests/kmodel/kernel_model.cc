@@ -649,6 +649,11 @@ Result<std::pair<uint64_t, uint64_t>> KernelModel::Create(uint64_t parent, const
   return std::make_pair(Instantiate(e).nodeid, o.fh);
 }
 
+Result<std::vector<std::byte>> KernelModel::RawRequest(uint32_t opcode, uint64_t nodeid,
+                                                       std::span<const std::byte> arg) {
+  return Call(opcode, nodeid, arg);
+}
+
 Result<void> KernelModel::Unlink(uint64_t parent, const std::string& name) {
   std::vector<std::byte> arg(name.size() + 1);
   std::memcpy(arg.data(), name.data(), name.size());

@@ -186,6 +186,11 @@ class KernelModel {
   // Returns: the mapping the op acts on. Errors: the server's errno, EUCLEAN rejected.
   Result<abi::fuse_iomap_io> BeginOp(uint64_t nodeid, uint64_t pos, uint64_t count,
                                      uint32_t opflags);
+  // Any request, as a syscall the model does not model would send it (MKDIR, SETXATTR, STATX,
+  // ...): `arg` is the request body (fixed part, then names or data). The model's own state is
+  // not updated. Returns: the reply body. Errors: the server's errno; ENODEV connection gone.
+  Result<std::vector<std::byte>> RawRequest(uint32_t opcode, uint64_t nodeid,
+                                            std::span<const std::byte> arg);
   // The read-fork records cached for the inode (empty without a cache).
   std::vector<abi::fuse_iomap_io> CachedReadMappings(uint64_t nodeid);
   // Every accepted DEV_INVAL, in arrival order.

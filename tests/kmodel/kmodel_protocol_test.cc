@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "base/unique_fd.h"
 #include "tests/kmodel/harness.h"
 #include "tests/support/test_util.h"
 
@@ -23,6 +24,30 @@ std::vector<std::byte> Pattern(size_t n, uint8_t seed) {
   std::vector<std::byte> v(n);
   for (size_t i = 0; i < n; ++i) v[i] = static_cast<std::byte>(seed + i * 7 + (i >> 12));
   return v;
+}
+
+// A request body: the fixed part, then NUL-terminated names, then raw bytes.
+template <class T>
+std::vector<std::byte> Body(const T& fixed, std::initializer_list<std::string_view> names = {},
+                            std::span<const std::byte> data = {}) {
+  std::vector<std::byte> b(sizeof(T));
+  std::memcpy(b.data(), &fixed, sizeof(T));
+  for (std::string_view n : names) {
+    auto bytes = std::as_bytes(std::span<const char>(n));
+    b.insert(b.end(), bytes.begin(), bytes.end());
+    b.push_back(std::byte{0});
+  }
+  b.insert(b.end(), data.begin(), data.end());
+  return b;
+}
+std::vector<std::byte> Names(std::initializer_list<std::string_view> names) {
+  std::vector<std::byte> b;
+  for (std::string_view n : names) {
+    auto bytes = std::as_bytes(std::span<const char>(n));
+    b.insert(b.end(), bytes.begin(), bytes.end());
+    b.push_back(std::byte{0});
+  }
+  return b;
 }
 
 bool AllZero(const std::vector<std::byte>& v) {
@@ -168,6 +193,254 @@ TEST_F(KmodelProtocolTest, FreezeUnfreezeShutdownSyncfs) {
   EXPECT_EQ(r.error(), EIO);
   (void)km.Release(node, fh);
   StopAndFsck(h);
+}
+
+// s_state of the image's primary superblock (offset 1024 + 0x3A), read from the file itself.
+uint16_t SuperblockState(const std::string& image) {
+  UniqueFd fd(::open(image.c_str(), O_RDONLY | O_CLOEXEC));
+  uint16_t state = 0xffff;
+  if (!fd.valid() || ::pread(fd.get(), &state, sizeof(state), 1024 + 0x3A) != sizeof(state)) {
+    ADD_FAILURE() << "cannot read the superblock of " << image;
+  }
+  return state;
+}
+constexpr uint16_t kValidFs = 0x0001;  // EXT2_VALID_FS
+
+// §8 (fuse4fs): FREEZE_FS writes the superblock clean (no orphans, no errors) and syncs, so the
+// image file is a clean filesystem while the server still runs; every change is refused with
+// EROFS (metadata operations as well as allocations) and the image does not change; reads and
+// opens for writing still work. UNFREEZE_FS marks it not clean again and changes work. With an
+// open unlinked file (an orphan here, or one the kernel counts in `unlinked`) the superblock
+// stays not clean; an orphan whose last reference goes while frozen is freed at the thaw.
+TEST_F(KmodelProtocolTest, FreezeWritesCleanSuperblockAndRefusesChanges) {
+  auto h = Start();
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  const uint64_t root = abi::FUSE_ROOT_ID;
+  auto [f, fh] = *km.Create(root, "f");
+  const auto data = Pattern(64 << 10, 3);
+  ASSERT_TRUE(km.Write(f, 0, data));
+  ASSERT_TRUE(km.Fsync(f, fh));
+  EXPECT_EQ(SuperblockState(image_) & kValidFs, 0) << "mounted read-write: not clean";
+
+  ASSERT_TRUE(km.Freeze());
+  EXPECT_NE(SuperblockState(image_) & kValidFs, 0) << "frozen without orphans: clean";
+  std::string out;
+  EXPECT_TRUE(tu::FsckClean(image_, &out)) << "frozen image:\n" << out;
+  auto frozen_image = ReadHostFile(image_);
+  ASSERT_TRUE(frozen_image);
+
+  abi::fuse_mkdir_in mk{0755, 022};
+  abi::fuse_create_in cr{};
+  cr.flags = O_RDWR | O_CREAT;
+  cr.mode = 0100644;
+  abi::fuse_setattr_in sa{};
+  sa.valid = abi::FATTR_MODE;
+  sa.mode = 0100600;
+  abi::fuse_write_in wr{};
+  wr.fh = fh;
+  wr.size = 4096;
+  std::vector<std::byte> setxattr(abi::FUSE_COMPAT_SETXATTR_IN_SIZE);
+  uint32_t value_size = 1;
+  std::memcpy(setxattr.data(), &value_size, sizeof(value_size));
+  for (std::byte b : Names({"user.k"})) setxattr.push_back(b);
+  setxattr.push_back(std::byte{'v'});
+  abi::fuse_rename_in rn{root};
+  struct Case {
+    const char* what;
+    uint32_t opcode;
+    uint64_t node;
+    std::vector<std::byte> body;
+  };
+  const std::vector<Case> refused = {
+      {"MKDIR", abi::FUSE_MKDIR, root, Body(mk, {"d"})},
+      {"CREATE", abi::FUSE_CREATE, root, Body(cr, {"new"})},
+      {"SYMLINK", abi::FUSE_SYMLINK, root, Names({"s", "f"})},
+      {"UNLINK", abi::FUSE_UNLINK, root, Names({"f"})},
+      {"RENAME", abi::FUSE_RENAME, root, Body(rn, {"f", "g"})},
+      {"SETATTR", abi::FUSE_SETATTR, f, Body(sa)},
+      {"SETXATTR", abi::FUSE_SETXATTR, f, setxattr},
+      {"WRITE", abi::FUSE_WRITE, f, Body(wr, {}, Pattern(4096, 1))},
+  };
+  for (const Case& c : refused) {
+    auto r = km.RawRequest(c.opcode, c.node, c.body);
+    ASSERT_FALSE(r) << c.what << " succeeded while frozen";
+    EXPECT_EQ(r.error(), EROFS) << c.what;
+  }
+  auto alloc = km.BeginOp(f, 1 << 20, 4096, abi::FUSE_IOMAP_OP_WRITE);
+  ASSERT_FALSE(alloc);
+  EXPECT_EQ(alloc.error(), EROFS);
+  // Reading and opening for writing work (the kernel blocks the writes themselves).
+  auto got = km.Read(f, 0, data.size());
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, data);
+  ASSERT_TRUE(km.Lookup(root, "f"));
+  auto fh2 = km.Open(f, O_RDWR);
+  ASSERT_TRUE(fh2);
+  ASSERT_TRUE(km.Release(f, *fh2));
+  EXPECT_TRUE(km.Syncfs());
+  auto after = ReadHostFile(image_);
+  ASSERT_TRUE(after);
+  EXPECT_TRUE(*after == *frozen_image) << "the image changed while frozen";
+
+  ASSERT_TRUE(km.Unfreeze());
+  EXPECT_EQ(SuperblockState(image_) & kValidFs, 0) << "thawed: not clean";
+  ASSERT_TRUE(km.RawRequest(abi::FUSE_MKDIR, root, Body(mk, {"d"})));
+  ASSERT_TRUE(km.Write(f, 1 << 20, data));
+  ASSERT_TRUE(km.Fsync(f, fh));
+
+  // Orphans keep it not clean: one the server holds, or one only the kernel counts.
+  auto [o, fho] = *km.Create(root, "o");
+  ASSERT_TRUE(km.Write(o, 0, Pattern(16 << 10, 2), /*direct=*/true));
+  ASSERT_TRUE(km.Unlink(root, "o"));
+  ASSERT_TRUE(km.Freeze(/*unlinked=*/0));
+  EXPECT_EQ(SuperblockState(image_) & kValidFs, 0) << "an orphan: not clean";
+  frozen_image = ReadHostFile(image_);
+  ASSERT_TRUE(frozen_image);
+  ASSERT_TRUE(km.Release(o, fho));
+  ASSERT_TRUE(km.Evict(o));  // the last reference goes while frozen: kept until the thaw
+  EXPECT_TRUE(km.Syncfs());  // a round trip after the reply-less FORGET
+  after = ReadHostFile(image_);
+  ASSERT_TRUE(after);
+  EXPECT_TRUE(*after == *frozen_image) << "the orphan was freed while frozen";
+  ASSERT_TRUE(km.Unfreeze());
+  ASSERT_TRUE(km.Freeze(/*unlinked=*/2));
+  EXPECT_EQ(SuperblockState(image_) & kValidFs, 0) << "the kernel counts unlinked inodes";
+  ASSERT_TRUE(km.Unfreeze());
+  ASSERT_TRUE(km.Freeze(/*unlinked=*/0));
+  EXPECT_NE(SuperblockState(image_) & kValidFs, 0) << "the orphan was freed at the thaw";
+  EXPECT_TRUE(tu::FsckClean(image_, &out)) << "frozen image:\n" << out;
+  ASSERT_TRUE(km.Unfreeze());
+  ASSERT_TRUE(km.Release(f, fh));
+  StopAndFsck(h);
+  EXPECT_NE(SuperblockState(image_) & kValidFs, 0) << "clean after unmount";
+}
+
+// §8 (fuse4fs: SHUTDOWN "refuses further operations with EIO"): after SHUTDOWN_FS every
+// operation, reads and metadata changes alike, answers EIO; only what tears the mount down
+// (RELEASE, FLUSH, FORGET, DESTROY) still works. Nothing requested after the shutdown reaches the
+// image, which stays consistent: e2fsck is clean after unmount and a new mount sees exactly the
+// state of the moment of the shutdown (an open-unlinked file is gone, as at any unmount).
+TEST_F(KmodelProtocolTest, ShutdownRefusesEveryOperationButTeardown) {
+  auto h = Start();
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  const uint64_t root = abi::FUSE_ROOT_ID;
+  auto [f, fh] = *km.Create(root, "f");
+  const auto data = Pattern(64 << 10, 7);
+  ASSERT_TRUE(km.Write(f, 0, data));
+  ASSERT_TRUE(km.Fsync(f, fh));
+  abi::fuse_mkdir_in mk{0755, 022};
+  ASSERT_TRUE(km.RawRequest(abi::FUSE_MKDIR, root, Body(mk, {"d"})));
+  auto [o, fho] = *km.Create(root, "orphan");
+  ASSERT_TRUE(km.Write(o, 0, Pattern(16 << 10, 1), /*direct=*/true));
+  ASSERT_TRUE(km.Unlink(root, "orphan"));  // open and unlinked: on the orphan list
+
+  ASSERT_TRUE(km.Shutdown());
+  EXPECT_TRUE(h->dispatcher().shut_down());
+  abi::fuse_setattr_in sa{};
+  sa.valid = abi::FATTR_MODE;
+  sa.mode = 0100600;
+  abi::fuse_write_in wr{};
+  wr.fh = fh;
+  wr.size = 4096;
+  abi::fuse_read_in rd{};
+  rd.fh = fh;
+  rd.size = 4096;
+  abi::fuse_setxattr_in sx{};
+  sx.size = 4;
+  abi::fuse_getxattr_in gx{};
+  gx.size = 64;
+  abi::fuse_rename_in rn{root};
+  abi::fuse_open_in op{};
+  op.flags = O_RDONLY;
+  abi::fuse_create_in cr{};
+  cr.flags = O_RDWR | O_CREAT;
+  cr.mode = 0100644;
+  abi::fuse_fsync_in fs{};
+  fs.fh = fh;
+  abi::fuse_statx_in st{};
+  abi::fuse_iomap_begin_in bg{};
+  bg.attr_ino = f;  // node id = inode number for non-root nodes
+  bg.count = 4096;
+  const std::vector<std::byte> four(4, std::byte{'x'});
+  const std::vector<std::byte> block(4096, std::byte{'y'});
+  struct Case {
+    const char* what;
+    uint32_t opcode;
+    uint64_t node;
+    std::vector<std::byte> body;
+  };
+  const std::vector<Case> cases = {
+      {"LOOKUP", abi::FUSE_LOOKUP, root, Names({"f"})},
+      {"GETATTR", abi::FUSE_GETATTR, f, Body(abi::fuse_getattr_in{})},
+      {"STATX", abi::FUSE_STATX, f, Body(st)},
+      {"MKDIR", abi::FUSE_MKDIR, root, Body(mk, {"d2"})},
+      {"CREATE", abi::FUSE_CREATE, root, Body(cr, {"new"})},
+      {"UNLINK", abi::FUSE_UNLINK, root, Names({"f"})},
+      {"RMDIR", abi::FUSE_RMDIR, root, Names({"d"})},
+      {"RENAME", abi::FUSE_RENAME, root, Body(rn, {"f", "g"})},
+      {"SYMLINK", abi::FUSE_SYMLINK, root, Names({"s", "f"})},
+      {"SETATTR", abi::FUSE_SETATTR, f, Body(sa)},
+      {"WRITE", abi::FUSE_WRITE, f, Body(wr, {}, block)},
+      {"READ", abi::FUSE_READ, f, Body(rd)},
+      {"SETXATTR", abi::FUSE_SETXATTR, f,
+       [&] {
+         std::vector<std::byte> b(abi::FUSE_COMPAT_SETXATTR_IN_SIZE);
+         std::memcpy(b.data(), &sx, b.size());
+         auto rest = Names({"user.k"});
+         b.insert(b.end(), rest.begin(), rest.end());
+         b.insert(b.end(), four.begin(), four.end());
+         return b;
+       }()},
+      {"GETXATTR", abi::FUSE_GETXATTR, f, Body(gx, {"user.k"})},
+      {"OPEN", abi::FUSE_OPEN, f, Body(op)},
+      {"OPENDIR", abi::FUSE_OPENDIR, root, Body(op)},
+      {"STATFS", abi::FUSE_STATFS, root, {}},
+      {"FSYNC", abi::FUSE_FSYNC, f, Body(fs)},
+      {"SYNCFS", abi::FUSE_SYNCFS, root, Body(abi::fuse_syncfs_in{})},
+      {"FREEZE_FS", abi::FUSE_FREEZE_FS, root, Body(abi::fuse_freezefs_in{})},
+      {"IOMAP_BEGIN", abi::FUSE_IOMAP_BEGIN, f, Body(bg)},
+  };
+  for (const Case& c : cases) {
+    auto r = km.RawRequest(c.opcode, c.node, c.body);
+    ASSERT_FALSE(r) << c.what << " succeeded after SHUTDOWN_FS";
+    EXPECT_EQ(r.error(), EIO) << c.what;
+  }
+  EXPECT_EQ(km.Write(f, 0, data, /*direct=*/true).error(), EIO);
+  // Teardown still works: close (FLUSH + RELEASE), eviction (FORGET), unmount (DESTROY).
+  abi::fuse_flush_in fl{};
+  fl.fh = fh;
+  EXPECT_TRUE(km.RawRequest(abi::FUSE_FLUSH, f, Body(fl)));
+  EXPECT_TRUE(km.Release(f, fh));  // nothing dirty to write back: RELEASE only
+  EXPECT_TRUE(km.Release(o, fho));
+  EXPECT_TRUE(km.Evict(o));  // the last reference of the unlinked file: it is freed
+  EXPECT_TRUE(km.Shutdown());
+  StopAndFsck(h);
+
+  // What the image holds is the state at the shutdown.
+  auto h2 = Start();
+  ASSERT_NE(h2, nullptr);
+  KernelModel& k2 = h2->model();
+  auto f2 = k2.Lookup(root, "f");
+  ASSERT_TRUE(f2);
+  auto got = k2.Read(*f2, 0, data.size() + 1);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, data);
+  EXPECT_TRUE(k2.Lookup(root, "d"));
+  for (const char* gone : {"d2", "new", "g", "s", "orphan"}) {
+    auto l = k2.Lookup(root, gone);
+    ASSERT_FALSE(l) << gone;
+    EXPECT_EQ(l.error(), ENOENT) << gone;
+  }
+  abi::fuse_getxattr_in q{};
+  auto x = k2.RawRequest(abi::FUSE_GETXATTR, *f2, Body(q, {"user.k"}));
+  ASSERT_FALSE(x);
+  EXPECT_EQ(x.error(), ENODATA);
+  auto attr = k2.GetAttr(*f2);
+  ASSERT_TRUE(attr);
+  EXPECT_EQ(attr->mode & 07777, 0644u);
+  StopAndFsck(h2);
 }
 
 // §7, §12.1: with a 256-byte (8-record) per-fork limit advertised in CONFIG, the server never
@@ -416,6 +689,193 @@ TEST_F(KmodelProtocolTest, SetBlocksizeAndNofsReachTheKernelSide) {
   EXPECT_EQ(c->model().counters().set_blocksize, 0u);
   EXPECT_EQ(c->model().counters().set_nofs, 0u);
   EXPECT_EQ(c->Stop(), "");
+}
+
+// §14.6, §14.7: STATX of a regular file in iomap mode reports the registered device's direct
+// I/O alignment (STATX_DIOALIGN) and, where untorn writes are advertised, STATX_WRITE_ATOMIC with
+// a unit of exactly one fs block and one segment, and STATX_ATTR_WRITE_ATOMIC. Directories and
+// classic-mode connections get neither.
+TEST_F(KmodelProtocolTest, StatxReportsDioAlignAndAtomicUnit) {
+  constexpr uint32_t kDioAlign = 0x2000, kWriteAtomic = 0x10000;
+  constexpr uint64_t kAttrWriteAtomic = 0x400000;
+  auto statx = [](KernelModel& km, uint64_t node) {
+    abi::fuse_statx_in in{};
+    in.sx_mask = 0xffffffff;
+    abi::fuse_statx_out out{};
+    auto r = km.RawRequest(abi::FUSE_STATX, node, Body(in));
+    EXPECT_TRUE(r);
+    if (r) {
+      EXPECT_EQ(r->size(), sizeof(out));
+      std::memcpy(&out, r->data(), std::min(sizeof(out), r->size()));
+    }
+    return out.stat;
+  };
+  struct Variant {
+    bool atomic;   // the kernel offers ATOMIC and the device's unit is the block size
+    uint32_t dio;  // test_device_dio_align (0: statx of the image file, or 512)
+  };
+  for (Variant v : {Variant{true, 1024}, Variant{false, 2048}, Variant{false, 0}}) {
+    SCOPED_TRACE(::testing::Message() << "atomic=" << v.atomic << " dio=" << v.dio);
+    ServerConfig s;
+    s.iomap.test_device_atomic_unit = 4096;
+    s.iomap.test_device_dio_align = v.dio;
+    ModelOptions m;
+    m.offer_atomic = v.atomic;
+    auto h = Start(s, m);
+    ASSERT_NE(h, nullptr);
+    KernelModel& km = h->model();
+    ASSERT_EQ(h->dispatcher().iomap().atomic(), v.atomic);
+    auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "f");
+    abi::fuse_statx sx = statx(km, node);
+    EXPECT_EQ(sx.mask & 0x7ff, 0x7ffu);  // the basic stats are still there
+    EXPECT_EQ(sx.mode & S_IFMT, S_IFREG);
+    EXPECT_NE(sx.mask & kDioAlign, 0u);
+    if (v.dio != 0) {
+      EXPECT_EQ(sx.dio_mem_align, v.dio);
+      EXPECT_EQ(sx.dio_offset_align, v.dio);
+    } else {
+      // The image file's own alignment, or the 512-byte fallback: powers of two, and an offset
+      // alignment no smaller than the smallest logical block size.
+      EXPECT_NE(sx.dio_mem_align, 0u);
+      EXPECT_EQ(sx.dio_mem_align & (sx.dio_mem_align - 1), 0u) << sx.dio_mem_align;
+      EXPECT_GE(sx.dio_offset_align, 512u);
+      EXPECT_EQ(sx.dio_offset_align & (sx.dio_offset_align - 1), 0u) << sx.dio_offset_align;
+    }
+    if (v.atomic) {
+      EXPECT_NE(sx.mask & kWriteAtomic, 0u);
+      EXPECT_EQ(sx.atomic_write_unit_min, km.block_size());
+      EXPECT_EQ(sx.atomic_write_unit_max, km.block_size());
+      EXPECT_EQ(sx.atomic_write_segments_max, 1u);
+      EXPECT_NE(sx.attributes & kAttrWriteAtomic, 0u);
+      EXPECT_NE(sx.attributes_mask & kAttrWriteAtomic, 0u);
+    } else {
+      EXPECT_EQ(sx.mask & kWriteAtomic, 0u);
+      EXPECT_EQ(sx.atomic_write_unit_min, 0u);
+      EXPECT_EQ(sx.atomic_write_unit_max, 0u);
+      EXPECT_EQ(sx.atomic_write_segments_max, 0u);
+      EXPECT_EQ(sx.attributes & kAttrWriteAtomic, 0u);
+    }
+    abi::fuse_statx dir = statx(km, abi::FUSE_ROOT_ID);
+    EXPECT_EQ(dir.mode & S_IFMT, S_IFDIR);
+    EXPECT_EQ(dir.mask & (kDioAlign | kWriteAtomic), 0u);
+    EXPECT_EQ(dir.dio_offset_align, 0u);
+    EXPECT_EQ(dir.attributes & kAttrWriteAtomic, 0u);
+    ASSERT_TRUE(km.Release(node, fh));
+    StopAndFsck(h);
+  }
+
+  ModelOptions classic;
+  classic.offer_iomap = false;
+  classic.offer_atomic = true;
+  ServerConfig s;
+  s.iomap.test_device_atomic_unit = 4096;
+  auto c = Start(s, classic);
+  ASSERT_NE(c, nullptr);
+  auto [node, fh] = *c->model().Create(abi::FUSE_ROOT_ID, "f");
+  abi::fuse_statx sx = statx(c->model(), node);
+  EXPECT_EQ(sx.mask & (kDioAlign | kWriteAtomic), 0u);
+  EXPECT_EQ(sx.attributes & kAttrWriteAtomic, 0u);
+  ASSERT_TRUE(c->model().Release(node, fh));
+  StopAndFsck(c);
+}
+
+// §9, §12.1: INLINE mappings are cached ([0, block), NULL addresses), pushed at OPEN and after
+// a read's BEGIN, so a hot read of an inline-data file costs its FUSE_READ and no BEGIN. When
+// the file leaves the inline format (a write past the inline area, a truncate growing it past
+// it) the server INValidates the INLINE mapping: later reads use the new extents (no FUSE_READ)
+// and return the right bytes.
+TEST(KmodelInlineTest, InlineMappingsAreCachedAndDroppedWhenConverted) {
+  tu::TempDir dir;
+  const std::string src = dir.Sub("src"), image = dir.Sub("inline.img");
+  ASSERT_EQ(mkdir(src.c_str(), 0755), 0);
+  const auto small = Pattern(100, 5), tiny = Pattern(40, 9);
+  auto text = [](const std::vector<std::byte>& v) {
+    return std::string(reinterpret_cast<const char*>(v.data()), v.size());
+  };
+  ASSERT_TRUE(tu::WriteFile(src + "/small", text(small)));
+  ASSERT_TRUE(tu::WriteFile(src + "/tiny", text(tiny)));
+  ASSERT_EQ(tu::MakeImage(image, 32 << 20, "ext4", {"-b", "4096", "-O", "inline_data"}, src), "");
+  ServerConfig s;
+  s.read_write = true;
+  std::unique_ptr<ModelHarness> h;
+  ASSERT_EQ(ModelHarness::Start(image, s, ModelOptions{}, &h), "");
+  KernelModel& km = h->model();
+  const uint64_t bs = km.block_size();
+  auto inline_cached = [&](uint64_t node) {
+    for (const abi::fuse_iomap_io& m : km.CachedReadMappings(node)) {
+      if (m.type == abi::FUSE_IOMAP_TYPE_INLINE) return true;
+    }
+    return false;
+  };
+
+  auto node = km.Lookup(abi::FUSE_ROOT_ID, "small");
+  ASSERT_TRUE(node);
+  auto report = km.BeginOp(*node, 0, 1, abi::FUSE_IOMAP_OP_REPORT);
+  ASSERT_TRUE(report);
+  ASSERT_EQ(report->type, abi::FUSE_IOMAP_TYPE_INLINE) << "mke2fs did not store it inline";
+  auto fh = km.Open(*node, O_RDWR);  // pushes the INLINE mapping
+  ASSERT_TRUE(fh);
+  auto cached = km.CachedReadMappings(*node);
+  ASSERT_EQ(cached.size(), 1u);
+  EXPECT_EQ(cached[0].type, abi::FUSE_IOMAP_TYPE_INLINE);
+  EXPECT_EQ(cached[0].offset, 0u);
+  EXPECT_EQ(cached[0].length, bs);
+  for (bool dropped : {false, true}) {
+    if (dropped) km.DropCaches();  // the first read's BEGIN upserts it again
+    for (int pass = 0; pass < 2; ++pass) {
+      km.ResetCounters();
+      auto got = km.Read(*node, 0, small.size());
+      ASSERT_TRUE(got);
+      EXPECT_EQ(*got, small);
+      const bool hot = !dropped || pass == 1;
+      EXPECT_EQ(km.counters().Upcalls("READ"), 1u) << km.counters().Format();
+      EXPECT_EQ(km.counters().BeginUpcalls(), hot ? 0u : 1u) << km.counters().Format();
+    }
+  }
+
+  // A direct write two blocks further converts the file to extents.
+  const uint64_t invals = km.counters().invals;
+  const auto tail = Pattern(bs, 77);
+  ASSERT_TRUE(km.Write(*node, 2 * bs, tail, /*direct=*/true));
+  EXPECT_FALSE(inline_cached(*node)) << "a stale INLINE mapping stayed cached";
+  EXPECT_GT(km.counters().invals, invals);
+  std::vector<std::byte> want(3 * bs);
+  std::copy(small.begin(), small.end(), want.begin());
+  std::copy(tail.begin(), tail.end(), want.begin() + static_cast<ptrdiff_t>(2 * bs));
+  for (int pass = 0; pass < 2; ++pass) {
+    km.ResetCounters();
+    auto got = km.Read(*node, 0, want.size());
+    ASSERT_TRUE(got);
+    EXPECT_TRUE(*got == want) << "pass " << pass;
+    EXPECT_EQ(km.counters().Upcalls("READ"), 0u) << "the INLINE mapping was used after conversion";
+    if (pass == 1) EXPECT_EQ(km.counters().BeginUpcalls(), 0u) << km.counters().Format();
+  }
+  ASSERT_TRUE(km.Release(*node, *fh));
+
+  // A truncate (SETATTR, as the kernel sends it) growing an inline file past the inline area.
+  auto t = km.Lookup(abi::FUSE_ROOT_ID, "tiny");
+  ASSERT_TRUE(t);
+  auto tfh = km.Open(*t, O_RDWR);
+  ASSERT_TRUE(tfh);
+  ASSERT_TRUE(km.Read(*t, 0, tiny.size()));
+  ASSERT_TRUE(inline_cached(*t));
+  abi::fuse_setattr_in sa{};
+  sa.valid = abi::FATTR_SIZE;
+  sa.size = 3 * bs;
+  ASSERT_TRUE(km.RawRequest(abi::FUSE_SETATTR, *t, Body(sa)));
+  EXPECT_FALSE(inline_cached(*t)) << "a stale INLINE mapping stayed cached";
+  km.ResetCounters();
+  auto got = km.Read(*t, 0, tiny.size());  // the model's i_size is still the old one
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, tiny);
+  auto attr = km.GetAttr(*t);
+  ASSERT_TRUE(attr);
+  EXPECT_EQ(attr->size, 3 * bs);
+  ASSERT_TRUE(km.Release(*t, *tfh));
+  EXPECT_TRUE(km.rejections().empty()) << km.rejections().front();
+  EXPECT_EQ(h->Stop(), "");
+  std::string out;
+  EXPECT_TRUE(tu::FsckClean(image, &out)) << out;
 }
 
 // §4.7, §14.7: untorn writes where allowed (the kernel's discovery reports ATOMIC and the

@@ -184,11 +184,19 @@ TEST(ReplyTest, StatxOut) {
   sx.btime = {1600000000, 7, 0};
   sx.rdev_major = 8;
   sx.dev_minor = 1;
+  sx.dio_mem_align = 512;
+  sx.dio_offset_align = 4096;
+  sx.atomic_write_unit_min = 4096;
+  sx.atomic_write_unit_max = 8192;
+  sx.atomic_write_segments_max = 1;
   auto want = Le().u64(60).u32(9).u32(0).u64(0).u64(0);  // attr_valid, nsec, flags, spare
   want.u32(0xfff).u32(4096).u64(0).u32(1).u32(5).u32(6).u16(0100600).u16(0);
   want.u64(12).u64(3).u64(8).u64(0);
   want.zeros(16).u64(1600000000).u32(7).u32(0).zeros(32);  // atime, btime, ctime, mtime
-  want.u32(8).u32(0).u32(0).u32(1).zeros(112);
+  want.u32(8).u32(0).u32(0).u32(1);
+  want.u64(0).u32(512).u32(4096).u64(0);          // mnt_id, dio_mem_align/offset_align, subvol
+  want.u32(4096).u32(8192).u32(1).u32(0).u32(0);  // atomic write unit min/max, segments, ...
+  want.zeros(4 + 64);                             // __spare2, __spare3
   EXPECT_EQ(Raw(MakeStatxOut(sx, {60, 9})), want.bytes());
 }
 
