@@ -1,7 +1,8 @@
 // iomapfs: serve an ext4 image or block device through FUSE.
 //
-// libfuse3 is used for option parsing and mounting only (fusermount3 when not root); the
-// request loop, wire codec and filesystem are this project's own (DESIGN.md).
+// libfuse3 is used for option parsing, and for mounting only when not privileged (fusermount3;
+// root mounts with its own mount(2), fuse_mount.h); the request loop, wire codec and filesystem are
+// this project's own (DESIGN.md).
 
 #include <fcntl.h>
 #include <fuse3/fuse_opt.h>
@@ -36,10 +37,19 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: iomapfs IMAGE MOUNTPOINT [-o OPTION[,OPTION...]] [-f] [-d]\n"
+    "       iomapfs IMAGE /dev/fd/N [-o OPTION[,OPTION...]] [-f] [-d]\n"
     "\n"
     "Serve the ext2/ext3/ext4 filesystem in IMAGE (an image file or a block device)\n"
     "at MOUNTPOINT through FUSE. Unmount with `umount MOUNTPOINT` (as root) or\n"
     "`fusermount3 -u MOUNTPOINT`; SIGINT and SIGTERM unmount too.\n"
+    "\n"
+    "Mounting: as root (or with CAP_SYS_ADMIN) iomapfs calls mount(2) itself; on kernels with\n"
+    "FUSE_DEV_IOC_SYNC_INIT (Linux 6.18+) the kernel's INIT is answered inside mount(2), so a\n"
+    "failed INIT fails the mount. Other users mount through libfuse's fusermount3.\n"
+    "With /dev/fd/N instead of a directory, iomapfs serves the /dev/fuse descriptor N that\n"
+    "the process which started it has already mounted (libfuse's convention, for a privileged\n"
+    "mount helper and an unprivileged server). That process owns the mount and unmounts it;\n"
+    "SIGINT and SIGTERM then end the server without unmounting (the mount is left stale).\n"
     "\n"
     "options:\n"
     "  -f                 stay in the foreground (default: daemonize once mounted)\n"
@@ -68,8 +78,10 @@ constexpr char kUsage[] =
     "                     changes, or stop the server (default: the superblock's setting)\n"
     "  threads=N          request worker threads (default 4)\n"
     "  iomap=auto|off     fuse-iomap (the kernel moves file data itself) when the kernel offers\n"
-    "                     it at INIT (auto, the default), or never (off). No released kernel\n"
-    "                     offers it; the mount is then classic either way\n"
+    "                     it at INIT (auto, the default), or never (off). With auto and\n"
+    "                     CAP_SYS_RAWIO, iomapfs asks for it before mounting\n"
+    "                     (FUSE_DEV_IOC_ADD_IOMAP). No released kernel offers it; the mount is\n"
+    "                     then classic either way\n"
     "  nodev, nosuid, noexec, dev, suid, exec, noatime\n"
     "                     passed to the kernel as for any mount\n";
 
