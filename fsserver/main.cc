@@ -209,6 +209,29 @@ int ParseDevFd(const char* mountpoint) {
 
 pthread_t g_main_thread;
 
+// A test hook, set by the environment variable IOMAPFS_TEST_FAIL_INIT: answers the kernel's
+// INIT with EPROTO, as a server that cannot work with the kernel would, and hands every other
+// request to the dispatcher. Tests use it to show that with synchronous INIT such a failure
+// fails mount(2) itself.
+class FailInitHandler final : public dispatch::RequestHandler {
+ public:
+  explicit FailInitHandler(dispatch::RequestHandler& next) : next_(next) {}
+  void Handle(std::span<const std::byte> msg, dispatch::ReplySink& sink) override {
+    abi::fuse_in_header in{};
+    if (msg.size() < sizeof(in)) return next_.Handle(msg, sink);
+    std::memcpy(&in, msg.data(), sizeof(in));
+    if (in.opcode != abi::FUSE_INIT) return next_.Handle(msg, sink);
+    LOG_WARNING("IOMAPFS_TEST_FAIL_INIT: answering INIT with EPROTO");
+    abi::fuse_out_header out{sizeof(out), -EPROTO, in.unique};
+    iovec iov{&out, sizeof(out)};
+    (void)sink.Send(std::span<const iovec>(&iov, 1));
+  }
+  size_t MaxRequestSize() const override { return next_.MaxRequestSize(); }
+
+ private:
+  dispatch::RequestHandler& next_;
+};
+
 int Serve(CliOptions& cli) {
   uint64_t offset = 0;
   if (cli.offset != nullptr && !ParseU64(cli.offset, &offset)) {
@@ -368,7 +391,11 @@ int Serve(CliOptions& cli) {
 
   session::SessionOptions sopts;
   sopts.workers = static_cast<int>(threads);
-  session::Session session(dispatcher, sopts);
+  FailInitHandler fail_init(dispatcher);
+  dispatch::RequestHandler& handler = getenv("IOMAPFS_TEST_FAIL_INIT") != nullptr
+                                          ? static_cast<dispatch::RequestHandler&>(fail_init)
+                                          : dispatcher;
+  session::Session session(handler, sopts);
   std::unique_ptr<FuseMount> mount;
   bool reader_started = false;
   const char* init_mode = "";
@@ -419,7 +446,9 @@ int Serve(CliOptions& cli) {
     if (!m) {
       fprintf(stderr, "iomapfs: cannot mount %s at %s: mount(2): %s%s\n", cli.image,
               mountpoint.c_str(), strerror(m.error()),
-              m.error() == ENOTCONN ? " (the server's answer to INIT was refused)" : "");
+              m.error() == ENOTCONN
+                  ? " (INIT failed: the server refused it or the kernel refused its answer)"
+                  : "");
       if (!sync_init) {
         daemon->Fail(1);
         return 1;

@@ -1,7 +1,7 @@
 // How the server gets its mount, as root on this kernel:
 //   - its own mount(2) with FUSE_DEV_IOC_SYNC_INIT: the mount table entry is the one libfuse's
 //     mount would make (compared against a real libfuse mount of the same options), and INIT is
-//     answered inside mount(2);
+//     answered inside mount(2) (a server that fails INIT fails the mount command);
 //   - FUSE_DEV_IOC_ADD_IOMAP before mount(2): whatever this kernel answers, the mount serves;
 //   - a /dev/fuse fd mounted by a privileged parent and passed as /dev/fd/N, and bad /dev/fd/N
 //     arguments refused with a clear message.
@@ -225,6 +225,30 @@ TEST_F(MountPathTest, InitIsAnsweredInsideMount) {
   EXPECT_NE(log.find("INIT answered inside mount(2): synchronous INIT"), std::string::npos) << log;
   EXPECT_EQ(ReadAll(mnt_ + "/hello"), "hello world\n");
   EXPECT_EQ(StopForeground(pid), 0);
+}
+
+TEST_F(MountPathTest, FailedInitFailsTheMountCommand) {
+  const int probe = ProbeUnboundIoctl(kSyncInit);
+  if (probe == ENOTTY) GTEST_SKIP() << "this kernel has no FUSE_DEV_IOC_SYNC_INIT (before 6.18)";
+  // The server's test hook answers INIT with an error; with synchronous INIT the mount command
+  // itself fails and no broken mount is left behind.
+  setenv("IOMAPFS_TEST_FAIL_INIT", "1", 1);
+  tu::ServerResult r = tu::RunServer(kBinary, {image_, mnt_, "-o", "rw"});
+  unsetenv("IOMAPFS_TEST_FAIL_INIT");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("cannot mount"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("INIT failed"), std::string::npos) << r.output;
+  EXPECT_FALSE(tu::IsMountPoint(mnt_));
+  EXPECT_EQ(tu::WaitServerExit(kBinary, mnt_), "");
+  // The image was closed properly: clean, and not left locked.
+  std::string fsck;
+  EXPECT_TRUE(tu::FsckClean(image_, &fsck)) << fsck;
+  r = tu::RunServer(kBinary, {image_, mnt_, "-o", "rw"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(ReadAll(mnt_ + "/hello"), "hello world\n");
+  ASSERT_EQ(umount(mnt_.c_str()), 0) << strerror(errno);
+  EXPECT_EQ(tu::WaitServerExit(kBinary, mnt_), "");
+  EXPECT_TRUE(tu::FsckClean(image_, &fsck)) << fsck;
 }
 
 TEST_F(MountPathTest, AddIomapAnswerIsHandledAndTheMountServes) {
