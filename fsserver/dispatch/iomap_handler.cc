@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <linux/fs.h>
-#include <linux/loop.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -19,6 +18,7 @@
 #include "base/unique_fd.h"
 #include "bpf/dispatcher.h"
 #include "bpf/file_map.h"
+#include "fsserver/dispatch/loop_device.h"
 #include "fsserver/wire/node_id.h"
 #include "fsserver/wire/reply.h"
 #include "iomap/mapping.h"
@@ -106,27 +106,6 @@ Result<void> SendNotify(ReplySink& sink, const std::vector<std::byte>& msg) {
   if (control == nullptr) return Unexpected(ENOTCONN);
   iovec iov{const_cast<std::byte*>(msg.data()), msg.size()};
   return control->Notify(std::span<const iovec>(&iov, 1));
-}
-
-// Puts the image file on a free loop device (LOOP_CTL_GET_FREE + LOOP_CONFIGURE with
-// autoclear, as fuse4fs' helper does), so that it can be registered as a block device.
-// UNTESTED against a real iomap kernel. Errors: open/ioctl errno.
-Result<UniqueFd> AttachLoop(int image_fd, bool read_only, std::string* path) {
-  UniqueFd ctl(::open("/dev/loop-control", O_RDWR | O_CLOEXEC));
-  if (!ctl.valid()) return Unexpected(errno);
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    int n = ::ioctl(ctl.get(), LOOP_CTL_GET_FREE);
-    if (n < 0) return Unexpected(errno);
-    *path = "/dev/loop" + std::to_string(n);
-    UniqueFd loop(::open(path->c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
-    if (!loop.valid()) return Unexpected(errno);
-    loop_config cfg{};
-    cfg.fd = static_cast<uint32_t>(image_fd);
-    cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR | (read_only ? LO_FLAGS_READ_ONLY : 0);
-    if (::ioctl(loop.get(), LOOP_CONFIGURE, &cfg) == 0) return loop;
-    if (errno != EBUSY) return Unexpected(errno);  // EBUSY: raced with another user
-  }
-  return Unexpected(EBUSY);
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -63,6 +65,34 @@ Result<uint64_t> DiscoverIomap(int dev_fuse_fd) {
     return Unexpected(errno);
   }
   return support.flags;
+}
+
+Result<UniqueFd> OpenFuseDevice() {
+  UniqueFd fd(::open("/dev/fuse", O_RDWR | O_CLOEXEC));
+  if (!fd.valid()) return Unexpected(errno);
+  return fd;
+}
+
+Result<void> RequestSyncInit(int unbound_fd) {
+  if (::ioctl(unbound_fd, abi::FUSE_DEV_IOC_SYNC_INIT) != 0) return Unexpected(errno);
+  return {};
+}
+
+Result<void> AddIomap(int unbound_fd) {
+  if (::ioctl(unbound_fd, abi::FUSE_DEV_IOC_ADD_IOMAP) != 0) return Unexpected(errno);
+  return {};
+}
+
+Result<void> CheckMountedFuseFd(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return Unexpected(errno);
+  // /dev/fuse is the misc character device 10:229 (Documentation/admin-guide/devices.txt).
+  if (!S_ISCHR(st.st_mode) || major(st.st_rdev) != 10 || minor(st.st_rdev) != 229) {
+    return Unexpected(ENODEV);
+  }
+  Result<FuseDevChannel> clone = FuseDevChannel::Clone(fd);
+  if (!clone) return Unexpected(clone.error() == EPERM ? ENOTCONN : clone.error());
+  return {};
 }
 
 Result<void> FuseDevChannel::SetBlocksize(uint32_t backing_id, uint32_t blocksize) {

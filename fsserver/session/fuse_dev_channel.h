@@ -28,6 +28,29 @@ namespace iomapfs::session {
 // UNTESTED against a real iomap kernel; on kernels without the extension it fails cleanly.
 Result<uint64_t> DiscoverIomap(int dev_fuse_fd);
 
+// Opens a fresh, unbound /dev/fuse fd (O_RDWR | O_CLOEXEC), for a server that mounts itself.
+// Errors: from open(2) (ENOENT: no fuse module; EACCES).
+Result<UniqueFd> OpenFuseDevice();
+
+// FUSE_DEV_IOC_SYNC_INIT (spec/fuse-mainline-7.45-and-io-uring.md §6.1) on an unbound fd: the
+// mount(2) that binds it then sends INIT (and, in iomap mode, IOMAP_CONFIG) synchronously and
+// returns only once the server has answered, so a reader must already be blocked in read(2) on
+// the fd. Errors: ENOTTY (kernels before 6.18: INIT stays asynchronous), EINVAL (fd bound).
+Result<void> RequestSyncInit(int unbound_fd);
+
+// FUSE_DEV_IOC_ADD_IOMAP (spec/fuse-iomap-protocol.md §1.1, §11.4) on an unbound fd: grants
+// iomap to the connection the fd will create. Errors: EPERM (no CAP_SYS_RAWIO), EINVAL (fd
+// already bound, or enable_iomap off), ENOTTY (a kernel without fuse-iomap: Linux 6.18 here).
+// UNTESTED against a real iomap kernel: only the failure paths run here.
+Result<void> AddIomap(int unbound_fd);
+
+// Checks that `fd` is a /dev/fuse fd bound to a live connection (a mount made by someone else,
+// passed as /dev/fd/N): it is the fuse character device, and FUSE_DEV_IOC_CLONE from it works.
+// Errors: EBADF (not an open fd), ENODEV (not /dev/fuse), ENOTCONN (/dev/fuse but not mounted:
+// the clone is refused with EPERM), or the clone's errno.
+// REQUIRES: fd was not marked with RequestSyncInit and left unmounted (the clone would block).
+Result<void> CheckMountedFuseFd(int fd);
+
 class FuseDevChannel final : public dispatch::ReplySink, public dispatch::KernelControl {
  public:
   // Borrows `fd` (not closed by this object).

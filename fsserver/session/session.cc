@@ -17,21 +17,27 @@ constexpr size_t kMinReadBuffer = 8192;
 Session::~Session() { Join(); }
 
 Result<void> Session::Start(int session_fd, std::function<void()> on_end) {
+  IOMAPFS_TRY(StartReader(session_fd, std::move(on_end)));
+  return StartClones();
+}
+
+Result<void> Session::StartReader(int session_fd, std::function<void()> on_end) {
   on_end_ = std::move(on_end);
+  session_fd_ = session_fd;
+  threads_.emplace_back(
+      [this, c = FuseDevChannel::Borrow(session_fd)]() mutable { Worker(std::move(c)); });
+  return {};
+}
+
+Result<void> Session::StartClones() {
   int workers = std::max(1, options_.workers);
-  std::vector<FuseDevChannel> channels;
-  channels.push_back(FuseDevChannel::Borrow(session_fd));
   for (int i = 1; i < workers; ++i) {
-    Result<FuseDevChannel> clone = FuseDevChannel::Clone(session_fd);
-    if (clone) {
-      channels.push_back(std::move(*clone));
-    } else {
+    Result<FuseDevChannel> clone = FuseDevChannel::Clone(session_fd_);
+    FuseDevChannel ch = clone ? std::move(*clone) : FuseDevChannel::Borrow(session_fd_);
+    if (!clone) {
       // Old kernels without FUSE_DEV_IOC_CLONE: several readers on one fd work too.
       LOG_DEBUG("cannot clone /dev/fuse (%s); sharing the session fd", strerror(clone.error()));
-      channels.push_back(FuseDevChannel::Borrow(session_fd));
     }
-  }
-  for (auto& ch : channels) {
     threads_.emplace_back([this, c = std::move(ch)]() mutable { Worker(std::move(c)); });
   }
   return {};
@@ -40,6 +46,13 @@ Result<void> Session::Start(int session_fd, std::function<void()> on_end) {
 void Session::Join() {
   for (auto& t : threads_) {
     if (t.joinable()) t.join();
+  }
+  threads_.clear();
+}
+
+void Session::Abandon() {
+  for (auto& t : threads_) {
+    if (t.joinable()) t.detach();
   }
   threads_.clear();
 }

@@ -35,8 +35,20 @@ class Session {
   // REQUIRES: session_fd is mounted (bound to a connection); Start not called before.
   Result<void> Start(int session_fd, std::function<void()> on_end);
 
+  // Start() in two steps, for FUSE_DEV_IOC_SYNC_INIT (spec/fuse-mainline-7.45-and-io-uring.md
+  // §7.2): StartReader() starts worker 0 on the still-unbound `session_fd`, whose read(2) blocks
+  // until mount(2) binds it and then returns INIT; StartClones() starts the other workers once
+  // mount(2) has returned (a clone of an fd marked for SYNC_INIT blocks until it is bound).
+  // REQUIRES: StartReader before StartClones, each once, and neither after Start.
+  Result<void> StartReader(int session_fd, std::function<void()> on_end);
+  Result<void> StartClones();
+
   // Waits for every worker to finish (they finish when the connection ends).
   void Join();
+
+  // Gives up on the workers without waiting: for a reader blocked on an fd that mount(2) never
+  // bound (nothing can wake it). The process must exit soon after, before the handler goes.
+  void Abandon();
 
  private:
   void Worker(FuseDevChannel channel);
@@ -45,6 +57,7 @@ class Session {
   SessionOptions options_;
   std::vector<std::thread> threads_;
   std::function<void()> on_end_;
+  int session_fd_ = -1;
   std::atomic<bool> ended_{false};
 };
 

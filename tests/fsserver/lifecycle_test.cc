@@ -85,7 +85,8 @@ TEST(CliTest, HelpAndVersion) {
   auto help = tu::Run({kBinary, "--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.output.find("usage: iomapfs IMAGE MOUNTPOINT"), std::string::npos);
-  for (const char* opt : {"fakeroot", "allow_other", "offset=BYTES", "norecovery", "-f", "-d"}) {
+  for (const char* opt : {"fakeroot", "allow_other", "offset=BYTES", "norecovery", "-f", "-d",
+                          "/dev/fd/N", "iomap=auto|off"}) {
     EXPECT_NE(help.output.find(opt), std::string::npos) << opt;
   }
   auto version = tu::Run({kBinary, "--version"});
