@@ -71,7 +71,7 @@ Result<uint64_t> Dispatcher::Install(const FileMap& map) {
   const uint32_t log2 = std::max<uint32_t>(
       options_.min_log2_capacity, static_cast<uint32_t>(std::countr_zero(
                                       MapLayout::ForIntervals(map.intervals.size()).capacity)));
-  if (log2 > options_.max_log2_capacity) {
+  if (log2 > options_.max_log2_capacity || !MapLayout::Encodable(map)) {
     ++stats_.refused;
     Remove(nodeid);
     return Unexpected(E2BIG);
@@ -79,7 +79,8 @@ Result<uint64_t> Dispatcher::Install(const FileMap& map) {
   MapLayout layout;
   layout.capacity = 1u << log2;
   auto it = files_.find(nodeid);
-  if (it != files_.end() && it->second.log2_capacity == log2) {
+  if (it != files_.end() && it->second.log2_capacity == log2 &&
+      ImageMatches(it->second.value.data(), map)) {
     // Same class: new extents go to the inactive buffer, readers never see a half-written map.
     PublishImage(map, layout, it->second.value.data());
     ++stats_.in_place_updates;

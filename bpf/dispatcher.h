@@ -68,12 +68,11 @@ class Dispatcher {
   static Result<Dispatcher> Create(const DispatcherOptions& options, std::string* reason);
 
   // Installs `map` for its node id, replacing what was there: in place if it already has a map of
-  // the same capacity class, else with a new inner map. Evicts least-recently-used files to stay
-  // within the budget.
-  // Returns: the sequence number now installed for the file.
-  // Errors: ENOSPC/E2BIG the file does not fit any class or the budget (it stays on the server
-  // path; not fatal); the bpf(2) errno of a failed map operation (the file is then not
-  // installed).
+  // the same capacity class, block size and device, else with a new inner map. Evicts
+  // least-recently-used files to stay within the budget. Returns: the sequence number now installed
+  // for the file. Errors: ENOSPC/E2BIG the file does not fit any class or the budget, or is not
+  // MapLayout::Encodable (it stays on the server path; not fatal); the bpf(2) errno of a failed
+  // map operation (the file is then not installed).
   Result<uint64_t> Install(const FileMap& map);
 
   // Forgets the node id (FORGET, eviction). Returns: whether it was installed.
