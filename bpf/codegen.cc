@@ -542,7 +542,7 @@ Result<Generated> Generate(const FileMap& map, uint64_t seq, Strategy strategy, 
 }
 
 Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
-                                     int32_t nodeid_kfunc_btf_id) {
+                                     int32_t nodeid_kfunc_btf_id, int16_t kfunc_fd_index) {
   FileMap none;
   Gen g(none, 0, abi);
   Assembler& a = g.a();
@@ -555,8 +555,10 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
     a.Load(Size::kDW, R9, R1, 0);  // the opaque inode (args[0])
     g.Prologue(/*identity=*/false);
     a.Mov(R1, R9);
-    // call fuse_bpf_inode_nodeid (a vmlinux kfunc: src BPF_PSEUDO_KFUNC_CALL, off 0).
-    a.Raw(bpf_insn{BPF_JMP | BPF_CALL, 0, BPF_PSEUDO_KFUNC_CALL, 0, nodeid_kfunc_btf_id});
+    // call fuse_bpf_inode_nodeid (src BPF_PSEUDO_KFUNC_CALL; off 0: a vmlinux kfunc, else the
+    // index of the module's BTF fd in fd_array).
+    a.Raw(bpf_insn{BPF_JMP | BPF_CALL, 0, BPF_PSEUDO_KFUNC_CALL, kfunc_fd_index,
+                   nodeid_kfunc_btf_id});
     a.Mov(R2, R0);
   }
   a.Store(Size::kDW, R10, kKeyNode, R2);

@@ -167,9 +167,10 @@ struct DispatcherMaps {
 // map search. Unknown node ids fall back.
 // With Abi::kSyscall (BPF_PROG_TYPE_SYSCALL, context BeginCtx) the node id is ctx->nodeid. With
 // Abi::kStructOps (fuse_iomap_bpf_ops.iomap_begin, spec §13.2) it comes from the kfunc
-// fuse_bpf_inode_nodeid(inode), whose vmlinux BTF id is `nodeid_kfunc_btf_id` (REQUIRES: > 0).
+// fuse_bpf_inode_nodeid(inode), whose BTF id is `nodeid_kfunc_btf_id` (REQUIRES: > 0) in vmlinux
+// (`kfunc_fd_index` 0) or in the module BTF object at that index of the program's fd_array.
 Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi = Abi::kSyscall,
-                                     int32_t nodeid_kfunc_btf_id = 0);
+                                     int32_t nodeid_kfunc_btf_id = 0, int16_t kfunc_fd_index = 0);
 
 // Publishes `map` into the inactive buffer of a live image and flips to it (the writer protocol
 // above). REQUIRES: one writer at a time; map.intervals.size() <= layout.capacity; Encodable(map);
