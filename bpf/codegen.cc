@@ -366,6 +366,83 @@ void EmitSearch(Gen& g, const MapLayout& layout, int block_bits) {
   a.Jump(g.epilogue());
 }
 
+// The arithmetic strategy over a shape read from an ArithSlot. REQUIRES: r2 = the slot number,
+// r7 = pos, the stack slot `expect_seq_slot` = the file sequence number the index names.
+// Leaves r2..r5 = the reply and jumps to the epilogue, or falls back.
+void EmitArithSlot(Gen& g, int table_fd, uint32_t slots, int expect_seq_slot) {
+  Assembler& a = g.a();
+  constexpr int kSpillSlot = -8, kSpillS1 = -40;
+  auto field = [](ArithSlot::Field f) { return static_cast<int>(f) * 8; };
+  a.Alu64Imm(Alu::kAnd, R2, static_cast<int64_t>(slots - 1));
+  a.Alu64Imm(Alu::kLsh, R2, std::countr_zero(ArithSlot::kBytes));
+  a.LoadMapValue(R1, table_fd, 0);
+  a.Alu64(Alu::kAdd, R1, R2);  // r1 = the slot
+  a.Store(Size::kDW, R10, kSpillSlot, R1);
+  a.Load(Size::kDW, R2, R1, 0);  // s1
+  a.Store(Size::kDW, R10, kSpillS1, R2);
+  a.Alu64Imm(Alu::kRsh, R2, 1);
+  a.Alu64Imm(Alu::kAnd, R2, 1);
+  a.Alu64Imm(Alu::kMul, R2, ArithSlot::kBufferBytes);
+  a.Alu64Imm(Alu::kAdd, R2, ArithSlot::kBufferOffset);
+  a.Mov(R9, R1);
+  a.Alu64(Alu::kAdd, R9, R2);  // r9 = the active buffer
+  // Another file's slot, or another generation of this one: stale, fall back.
+  a.Load(Size::kDW, R2, R9, field(ArithSlot::kFileSeq));
+  a.Load(Size::kDW, R3, R10, expect_seq_slot);
+  a.JumpIf(Cond::kNe, R2, R3, g.fallback());
+  Label check = a.NewLabel(), past_first = a.NewLabel(), inside = a.NewLabel(), gap = a.NewLabel();
+  a.Load(Size::kDW, R0, R9, field(ArithSlot::kFirst));
+  a.JumpIf(Cond::kGe, R7, R0, past_first);
+  a.MovImm(R2, 0);  // the hole before extent 0
+  a.Mov(R3, R0);
+  a.MovImm(R4, iomap::kNullAddr);
+  a.MovImm(R5, 0);
+  a.Jump(check);
+  a.Bind(past_first);
+  a.Load(Size::kDW, R0, R9, field(ArithSlot::kLastEnd));
+  a.JumpIf(Cond::kLt, R7, R0, inside);
+  a.Mov(R2, R0);  // the final hole
+  a.Load(Size::kDW, R3, R9, field(ArithSlot::kMaxEnd));
+  a.Alu64(Alu::kSub, R3, R2);
+  a.MovImm(R4, iomap::kNullAddr);
+  a.MovImm(R5, 0);
+  a.Jump(check);
+  a.Bind(inside);
+  a.Load(Size::kDW, R2, R9, field(ArithSlot::kFirst));
+  a.Mov(R1, R7);
+  a.Alu64(Alu::kSub, R1, R2);  // r1 = pos - first
+  a.Load(Size::kDW, R0, R9, field(ArithSlot::kStride));
+  a.Mov(R3, R1);
+  a.Alu64(Alu::kDiv, R3, R0);  // r3 = k, the extent number
+  a.Alu64(Alu::kMul, R0, R3);  // r0 = k * stride
+  a.Alu64(Alu::kSub, R1, R0);  // r1 = offset within the stride
+  a.Alu64(Alu::kAdd, R2, R0);  // r2 = the extent's offset
+  a.Load(Size::kDW, R0, R9, field(ArithSlot::kLength));
+  a.JumpIf(Cond::kGe, R1, R0, gap);
+  a.Load(Size::kDW, R4, R9, field(ArithSlot::kAddrStride));
+  a.Alu64(Alu::kMul, R4, R3);
+  a.Load(Size::kDW, R3, R9, field(ArithSlot::kAddr0));
+  a.Alu64(Alu::kAdd, R4, R3);
+  a.Mov(R3, R0);
+  a.Load(Size::kDW, R5, R9, field(ArithSlot::kTypeWord));
+  a.Jump(check);
+  a.Bind(gap);  // the hole between extent k and k + 1
+  a.Alu64(Alu::kAdd, R2, R0);
+  a.Load(Size::kDW, R3, R9, field(ArithSlot::kStride));
+  a.Alu64(Alu::kSub, R3, R0);
+  a.MovImm(R4, iomap::kNullAddr);
+  a.MovImm(R5, 0);
+  a.Bind(check);
+  // Valid only if no writer started on this buffer meanwhile.
+  a.Load(Size::kDW, R1, R10, kSpillSlot);
+  a.Load(Size::kDW, R1, R1, 0);
+  a.Load(Size::kDW, R0, R10, kSpillS1);
+  a.Alu64Imm(Alu::kAnd, R0, -2);
+  a.Alu64(Alu::kSub, R1, R0);
+  a.JumpIfImm(Cond::kGt, R1, 2, g.fallback());
+  a.Jump(g.epilogue());
+}
+
 Result<Generated> GenMapSearch(const FileMap& map, uint64_t seq, int map_fd, Abi abi) {
   if (!MapLayout::Encodable(map)) return Unexpected(E2BIG);
   Gen g(map, seq, abi);
@@ -571,6 +648,14 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
   a.Load(Size::kW, R9, R0, 0);  // capacity class (log2)
   a.Load(Size::kDW, R2, R0, 8);
   a.Store(Size::kDW, R10, kSeq, R2);
+  if (maps.arith_fd >= 0) {
+    if (!std::has_single_bit(maps.arith_slots)) return Unexpected(EINVAL);
+    Label not_arith = a.NewLabel();
+    a.JumpIfImm(Cond::kNe, R9, kArithmeticClass, not_arith);
+    a.Load(Size::kW, R2, R0, 4);  // the slot
+    EmitArithSlot(g, maps.arith_fd, maps.arith_slots, kSeq);
+    a.Bind(not_arith);
+  }
   std::vector<Label> labels;
   for (const auto& [log2_cap, fd] : maps.classes) {
     labels.push_back(a.NewLabel());
@@ -620,6 +705,28 @@ void PublishImage(const FileMap& map, const MapLayout& layout, uint8_t* value) {
   std::atomic_thread_fence(std::memory_order_seq_cst);  // odd seq before any data store
   FillBuffer(map, layout, value + MapLayout::kHeaderBytes + next * layout.buffer_bytes());
   reinterpret_cast<uint64_t*>(value)[2] = map.intervals.size();
+  seq.store(s + 2, std::memory_order_release);
+}
+
+void PublishArithSlot(const FileMap& map, const StrideShape& shape, uint64_t file_seq,
+                      uint8_t* slot) {
+  uint64_t f[ArithSlot::kFields] = {};
+  f[ArithSlot::kFileSeq] = file_seq;
+  f[ArithSlot::kFirst] = shape.first;
+  f[ArithSlot::kLength] = shape.length;
+  f[ArithSlot::kStride] = shape.stride;
+  f[ArithSlot::kLastEnd] = shape.first + (shape.count - 1) * shape.stride + shape.length;
+  f[ArithSlot::kAddr0] = shape.addr0;
+  f[ArithSlot::kAddrStride] = shape.addr_stride;
+  f[ArithSlot::kTypeWord] =
+      uint64_t{shape.type} | uint64_t{shape.flags} << 16 | uint64_t{map.dev} << 32;
+  f[ArithSlot::kMaxEnd] = MaxEnd(map.block_size);
+  std::atomic_ref<uint64_t> seq(*reinterpret_cast<uint64_t*>(slot));
+  const uint64_t s = seq.load(std::memory_order_relaxed);
+  const uint64_t next = ((s >> 1) + 1) & 1;
+  seq.store(s + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // odd seq before any data store
+  std::memcpy(slot + ArithSlot::kBufferOffset + next * ArithSlot::kBufferBytes, f, sizeof(f));
   seq.store(s + 2, std::memory_order_release);
 }
 

@@ -149,22 +149,58 @@ Result<Generated> Generate(const FileMap& map, uint64_t seq, Strategy strategy, 
 void WriteInitialImage(const FileMap& map, const MapLayout& layout, uint8_t* value,
                        uint64_t file_seq = 0);
 
-// The maps a dispatcher program reads: an index hash (u64 node id -> DispatchEntry) and, per
-// capacity class, a HASH_OF_MAPS (u64 node id -> the file's MapLayout array map).
+// The dispatcher's table of arithmetic files: a file that is one extent or an exact stride
+// (StrideShape) is described entirely by a slot of this table (a BPF_F_MMAPABLE array map with
+// one value of `slots` slots) and its mapping is computed, with no map of its own. A slot is
+// kBytes: u64 seqcount at 0, then two buffers of kFields u64 at kBufferOffset + b * kBufferBytes,
+// written and read with the seqcount protocol of MapLayout (a reader that overlaps a rewrite
+// falls back), and carrying the file sequence number that the index entry must name.
+struct ArithSlot {
+  static constexpr uint32_t kBytes = 256;
+  static constexpr uint32_t kBufferOffset = 64;
+  static constexpr uint32_t kBufferBytes = 96;
+  enum Field : int {
+    kFileSeq,
+    kFirst,       // file offset of extent 0
+    kLength,      // of every extent
+    kStride,      // file offset step (> 0)
+    kLastEnd,     // end of the last extent
+    kAddr0,       // device address of extent 0
+    kAddrStride,  // device address step (mod 2^64)
+    kTypeWord,    // type | flags << 16 | dev << 32 of every extent
+    kMaxEnd,      // end of the final hole (MaxEnd)
+    kFields,
+  };
+};
+static_assert(ArithSlot::kBufferOffset + 2 * ArithSlot::kBufferBytes <= ArithSlot::kBytes &&
+              ArithSlot::kFields * 8 <= ArithSlot::kBufferBytes);
+
+// Publishes `shape` (DetectStride of `map`) with `file_seq` into `slot` (ArithSlot::kBytes of
+// the table's mmap): the inactive buffer, then the flip. REQUIRES: one writer at a time.
+void PublishArithSlot(const FileMap& map, const StrideShape& shape, uint64_t file_seq,
+                      uint8_t* slot);
+
+// The maps a dispatcher program reads: an index hash (u64 node id -> DispatchEntry), per
+// capacity class a HASH_OF_MAPS (u64 node id -> the file's MapLayout array map), and the table
+// of arithmetic files.
+inline constexpr uint32_t kArithmeticClass = 0;  // DispatchEntry::log2_capacity of such files
 struct DispatchEntry {
-  uint32_t log2_capacity = 0;
-  uint32_t pad = 0;
-  uint64_t seq = 0;  // must equal the inner map's file sequence number
+  uint32_t log2_capacity = 0;  // kArithmeticClass: computed from ArithSlot `slot`
+  uint32_t slot = 0;
+  uint64_t seq = 0;  // must equal the inner map's (or the slot's) file sequence number
 };
 static_assert(sizeof(DispatchEntry) == 16);
 struct DispatcherMaps {
   int index_fd = -1;
   std::vector<std::pair<uint32_t, int>> classes;  // {log2 capacity, HASH_OF_MAPS fd}
+  int arith_fd = -1;                              // -1: no arithmetic files
+  uint32_t arith_slots = 0;                       // a power of two
 };
 
-// Generates the per-connection dispatcher: looks the node id up in the index, finds the file's
-// map in its class's map-of-maps, checks that both carry the same sequence number, and runs the
-// map search. Unknown node ids fall back.
+// Generates the per-connection dispatcher: looks the node id up in the index; for an arithmetic
+// file computes the mapping from its slot (the arithmetic strategy, with the shape read from the
+// slot instead of immediates); otherwise finds the file's map in its class's map-of-maps, checks
+// that both carry the same sequence number, and runs the map search. Unknown node ids fall back.
 // With Abi::kSyscall (BPF_PROG_TYPE_SYSCALL, context BeginCtx) the node id is ctx->nodeid. With
 // Abi::kStructOps (fuse_iomap_bpf_ops.iomap_begin, spec §13.2) it comes from the kfunc
 // fuse_bpf_inode_nodeid(inode), whose BTF id is `nodeid_kfunc_btf_id` (REQUIRES: > 0) in vmlinux

@@ -8,7 +8,10 @@
 // Map-in-map is allowed, so the dispatcher is one fixed program that looks up
 //   index:   HASH   u64 node id -> DispatchEntry {capacity class, sequence number}
 //   class c: HASH_OF_MAPS u64 node id -> the file's MapLayout array map (capacity 2^c)
-// and runs the map search of codegen.h over the file's map. Installing, replacing (a new inner
+// and runs the map search of codegen.h over the file's map. A file that is one extent or an exact
+// stride (DetectStride) needs no map: its index entry names a slot of one shared table
+// (ArithSlot) holding the shape, and the dispatcher computes its mapping (choice by shape inside
+// the one program the hook can run). Installing, replacing (a new inner
 // map, atomically swapped into its class) or removing one file never reloads the program or
 // touches other files; extent changes that fit the capacity are written in place through the
 // mmap (double-buffered). Every install carries a new sequence number, stored in the index and in
@@ -47,6 +50,7 @@ struct DispatcherOptions {
   uint32_t min_log2_capacity = 4;   // 16 intervals
   uint32_t max_log2_capacity = 18;  // 262,144 intervals (about 100k-200k extents)
   uint32_t max_files = 65536;       // index and map-of-maps capacity
+  uint32_t arith_slots = 4096;      // arithmetic files at once (a power of two; 0: none)
   Budget budget;
 };
 
@@ -54,7 +58,8 @@ struct DispatcherStats {
   uint64_t installs = 0;
   uint64_t in_place_updates = 0;
   uint64_t evictions = 0;
-  uint64_t refused = 0;  // files left on the server path (too large, map creation failed)
+  uint64_t refused = 0;     // files left on the server path (too large, map creation failed)
+  uint64_t arithmetic = 0;  // installs answered by computation from a slot (no map)
 };
 
 class Dispatcher {
@@ -80,6 +85,8 @@ class Dispatcher {
   // Marks the file as recently used (LRU).
   void Touch(uint64_t nodeid);
   bool Contains(uint64_t nodeid) const { return files_.count(nodeid) != 0; }
+  // Whether the file is answered by computation from a slot (no map of its own).
+  bool IsArithmetic(uint64_t nodeid) const;
   // Returns: the installed sequence number, or 0.
   uint64_t SeqOf(uint64_t nodeid) const;
 
@@ -103,18 +110,30 @@ class Dispatcher {
 
  private:
   struct File {
-    uint32_t log2_capacity = 0;
+    uint32_t log2_capacity = 0;  // kArithmeticClass: `slot` of the arithmetic table
+    uint32_t slot = 0;
     uint64_t seq = 0;
     UniqueFd map;
     MappedValue value;
     std::list<uint64_t>::iterator lru;
   };
   void Evict(uint64_t keep);
+  DispatcherMaps Maps() const;
+  uint8_t* Slot(uint32_t slot) const { return arith_value_.data() + slot * ArithSlot::kBytes; }
+  // Installs `map` (shape `shape`) as an arithmetic file. Returns: the sequence number; ENOSPC no
+  // free slot (the caller uses a map instead).
+  Result<uint64_t> InstallArithmetic(const FileMap& map, const StrideShape& shape);
+  // Releases what `f` held besides its index entry (its slot, or its class entry unless the node
+  // now lives in class `new_log2`), and forgets it.
+  void Forget(uint64_t nodeid, uint32_t new_log2);
 
   DispatcherOptions options_;
   UniqueFd prog_;
   UniqueFd index_;
   std::vector<UniqueFd> classes_;  // [log2 - min_log2_capacity]
+  UniqueFd arith_;                 // the ArithSlot table (one value of arith_slots slots)
+  MappedValue arith_value_;
+  std::vector<uint32_t> free_slots_;
   std::vector<bpf_insn> insns_;
   std::unordered_map<uint64_t, File> files_;
   std::list<uint64_t> lru_;  // front: most recently used
