@@ -623,7 +623,7 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
   FileMap none;
   Gen g(none, 0, abi);
   Assembler& a = g.a();
-  constexpr int kKeyNode = -16, kSeq = -24, kKeyZero = -32;
+  constexpr int kKeyNode = -16, kSeq = -24, kKeyZero = -32, kKeySlot = -48;
   if (abi == Abi::kSyscall) {
     g.Prologue(/*identity=*/false);
     a.Load(Size::kDW, R2, R6, kCtxNodeid);
@@ -648,6 +648,8 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
   a.Load(Size::kW, R9, R0, 0);  // capacity class (log2)
   a.Load(Size::kDW, R2, R0, 8);
   a.Store(Size::kDW, R10, kSeq, R2);
+  a.Load(Size::kW, R2, R0, 4);
+  a.Store(Size::kW, R10, kKeySlot, R2);
   if (maps.arith_fd >= 0) {
     if (!std::has_single_bit(maps.arith_slots)) return Unexpected(EINVAL);
     Label not_arith = a.NewLabel();
@@ -666,7 +668,7 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
     a.Bind(labels[i]);
     a.LoadMapFd(R1, maps.classes[i].second);
     a.Mov(R2, R10);
-    a.Alu64Imm(Alu::kAdd, R2, kKeyNode);
+    a.Alu64Imm(Alu::kAdd, R2, kKeySlot);
     a.Call(BPF_FUNC_map_lookup_elem);  // the file's inner map
     a.JumpIfImm(Cond::kEq, R0, 0, g.fallback());
     a.Mov(R1, R0);

@@ -181,18 +181,19 @@ void PublishArithSlot(const FileMap& map, const StrideShape& shape, uint64_t fil
                       uint8_t* slot);
 
 // The maps a dispatcher program reads: an index hash (u64 node id -> DispatchEntry), per
-// capacity class a HASH_OF_MAPS (u64 node id -> the file's MapLayout array map), and the table
+// capacity class an ARRAY_OF_MAPS (u32 map slot -> the file's MapLayout array map; an array, so
+// that the lookup is an inlined bounds check and load, not a second hash lookup), and the table
 // of arithmetic files.
 inline constexpr uint32_t kArithmeticClass = 0;  // DispatchEntry::log2_capacity of such files
 struct DispatchEntry {
   uint32_t log2_capacity = 0;  // kArithmeticClass: computed from ArithSlot `slot`
-  uint32_t slot = 0;
-  uint64_t seq = 0;  // must equal the inner map's (or the slot's) file sequence number
+  uint32_t slot = 0;           // else: the index of the file's map in its class's array
+  uint64_t seq = 0;            // must equal the inner map's (or the slot's) file sequence number
 };
 static_assert(sizeof(DispatchEntry) == 16);
 struct DispatcherMaps {
   int index_fd = -1;
-  std::vector<std::pair<uint32_t, int>> classes;  // {log2 capacity, HASH_OF_MAPS fd}
+  std::vector<std::pair<uint32_t, int>> classes;  // {log2 capacity, ARRAY_OF_MAPS fd}
   int arith_fd = -1;                              // -1: no arithmetic files
   uint32_t arith_slots = 0;                       // a power of two
 };

@@ -30,7 +30,7 @@ Result<Dispatcher> Dispatcher::Create(const DispatcherOptions& options, std::str
     auto tmpl = CreateMap(BPF_MAP_TYPE_ARRAY, 4, static_cast<uint32_t>(layout.value_bytes()), 1,
                           BPF_F_MMAPABLE, "iomapfs_tmpl");
     if (!tmpl) return fail("inner map template", tmpl.error());
-    auto outer = CreateMapOfMaps(BPF_MAP_TYPE_HASH_OF_MAPS, 8, options.max_files, tmpl->get(),
+    auto outer = CreateMapOfMaps(BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, options.max_files, tmpl->get(),
                                  "iomapfs_class");
     if (!outer) return fail("map of maps", outer.error());
     maps.classes.emplace_back(c, outer->get());
@@ -50,6 +50,7 @@ Result<Dispatcher> Dispatcher::Create(const DispatcherOptions& options, std::str
     maps.arith_fd = d.arith_.get();
     maps.arith_slots = options.arith_slots;
   }
+  for (uint32_t i = options.max_files; i > 0; --i) d.free_map_slots_.push_back(i - 1);
   IOMAPFS_ASSIGN_OR_RETURN(Generated gen, GenerateDispatcher(maps));
   d.insns_ = std::move(gen.insns);
   std::string log;
@@ -120,7 +121,7 @@ Result<uint64_t> Dispatcher::InstallArithmetic(const FileMap& map, const StrideS
     return Unexpected(err);
   }
   free_slots_.pop_back();
-  if (it != files_.end()) Forget(nodeid, kArithmeticClass);
+  if (it != files_.end()) Forget(nodeid, kArithmeticClass, /*keep_map_slot=*/false);
   lru_.push_front(nodeid);
   f.lru = lru_.begin();
   const uint64_t seq = f.seq;
@@ -131,15 +132,18 @@ Result<uint64_t> Dispatcher::InstallArithmetic(const FileMap& map, const StrideS
   return seq;
 }
 
-void Dispatcher::Forget(uint64_t nodeid, uint32_t new_log2) {
+void Dispatcher::Forget(uint64_t nodeid, uint32_t new_log2, bool keep_map_slot) {
   auto it = files_.find(nodeid);
   if (it == files_.end()) return;
   File& f = it->second;
   if (f.log2_capacity == kArithmeticClass) {
     // A reader still on the slot sees its seqcount move or another file sequence number.
     free_slots_.push_back(f.slot);
-  } else if (f.log2_capacity != new_log2) {
-    bpf_map_delete_elem(classes_[f.log2_capacity - options_.min_log2_capacity].get(), &nodeid);
+  } else {
+    if (f.log2_capacity != new_log2) {
+      bpf_map_delete_elem(classes_[f.log2_capacity - options_.min_log2_capacity].get(), &f.slot);
+    }
+    if (!keep_map_slot) free_map_slots_.push_back(f.slot);
   }
   map_bytes_ -= f.value.size();
   lru_.erase(f.lru);
@@ -178,8 +182,15 @@ Result<uint64_t> Dispatcher::Install(const FileMap& map) {
     Remove(nodeid);
     return Unexpected(ENOSPC);
   }
+  // The file's index in its class's ARRAY_OF_MAPS: kept while it has a map.
+  const bool had_map = it != files_.end() && it->second.log2_capacity != kArithmeticClass;
+  if (!had_map && free_map_slots_.empty()) {
+    ++stats_.refused;
+    return Unexpected(ENOSPC);
+  }
   File f;
   f.log2_capacity = log2;
+  f.slot = had_map ? it->second.slot : free_map_slots_.back();
   f.seq = next_seq_++;
   auto m = CreateMap(BPF_MAP_TYPE_ARRAY, 4, static_cast<uint32_t>(layout.value_bytes()), 1,
                      BPF_F_MMAPABLE, "iomapfs_file");
@@ -197,7 +208,7 @@ Result<uint64_t> Dispatcher::Install(const FileMap& map) {
   // entry or mismatched sequence numbers, and falls back.
   const int outer = classes_[log2 - options_.min_log2_capacity].get();
   uint32_t inner_fd = static_cast<uint32_t>(f.map.get());
-  if (bpf_map_update_elem(outer, &nodeid, &inner_fd, BPF_ANY) != 0) {
+  if (bpf_map_update_elem(outer, &f.slot, &inner_fd, BPF_ANY) != 0) {
     int err = errno;
     ++stats_.refused;
     LOG_WARNING("bpf: node %llu stays on the server path: map-of-maps update failed: %s",
@@ -206,14 +217,16 @@ Result<uint64_t> Dispatcher::Install(const FileMap& map) {
   }
   DispatchEntry e;
   e.log2_capacity = log2;
+  e.slot = f.slot;
   e.seq = f.seq;
   if (bpf_map_update_elem(index_.get(), &nodeid, &e, BPF_ANY) != 0) {
     int err = errno;
-    bpf_map_delete_elem(outer, &nodeid);
+    bpf_map_delete_elem(outer, &f.slot);
     ++stats_.refused;
     return Unexpected(err);
   }
-  if (it != files_.end()) Forget(nodeid, log2);
+  if (!had_map) free_map_slots_.pop_back();
+  if (it != files_.end()) Forget(nodeid, log2, /*keep_map_slot=*/had_map);
   map_bytes_ += f.value.size();
   lru_.push_front(nodeid);
   f.lru = lru_.begin();
@@ -240,7 +253,7 @@ bool Dispatcher::Remove(uint64_t nodeid) {
   if (it == files_.end()) return false;
   // Index first: from then on lookups of this node fall back.
   bpf_map_delete_elem(index_.get(), &nodeid);
-  Forget(nodeid, kArithmeticClass);  // (no class is kArithmeticClass: the class entry goes too)
+  Forget(nodeid, kArithmeticClass, /*keep_map_slot=*/false);  // (its class entry goes too)
   return true;
 }
 

@@ -7,7 +7,7 @@
 // per-file programs (measured on 6.18, see DispatcherKernel.ProgArrayRejectedForSleepable).
 // Map-in-map is allowed, so the dispatcher is one fixed program that looks up
 //   index:   HASH   u64 node id -> DispatchEntry {capacity class, sequence number}
-//   class c: HASH_OF_MAPS u64 node id -> the file's MapLayout array map (capacity 2^c)
+//   class c: ARRAY_OF_MAPS u32 map slot -> the file's MapLayout array map (capacity 2^c)
 // and runs the map search of codegen.h over the file's map. A file that is one extent or an exact
 // stride (DetectStride) needs no map: its index entry names a slot of one shared table
 // (ArithSlot) holding the shape, and the dispatcher computes its mapping (choice by shape inside
@@ -111,7 +111,7 @@ class Dispatcher {
  private:
   struct File {
     uint32_t log2_capacity = 0;  // kArithmeticClass: `slot` of the arithmetic table
-    uint32_t slot = 0;
+    uint32_t slot = 0;           // else: its map slot (index in its class's ARRAY_OF_MAPS)
     uint64_t seq = 0;
     UniqueFd map;
     MappedValue value;
@@ -123,9 +123,10 @@ class Dispatcher {
   // Installs `map` (shape `shape`) as an arithmetic file. Returns: the sequence number; ENOSPC no
   // free slot (the caller uses a map instead).
   Result<uint64_t> InstallArithmetic(const FileMap& map, const StrideShape& shape);
-  // Releases what `f` held besides its index entry (its slot, or its class entry unless the node
-  // now lives in class `new_log2`), and forgets it.
-  void Forget(uint64_t nodeid, uint32_t new_log2);
+  // Releases what the file held besides its index entry (its arithmetic slot; or its class entry
+  // unless the node now lives in class `new_log2`, and its map slot unless `keep_map_slot`), and
+  // forgets it.
+  void Forget(uint64_t nodeid, uint32_t new_log2, bool keep_map_slot);
 
   DispatcherOptions options_;
   UniqueFd prog_;
@@ -133,7 +134,8 @@ class Dispatcher {
   std::vector<UniqueFd> classes_;  // [log2 - min_log2_capacity]
   UniqueFd arith_;                 // the ArithSlot table (one value of arith_slots slots)
   MappedValue arith_value_;
-  std::vector<uint32_t> free_slots_;
+  std::vector<uint32_t> free_slots_;      // arithmetic table
+  std::vector<uint32_t> free_map_slots_;  // class arrays
   std::vector<bpf_insn> insns_;
   std::unordered_map<uint64_t, File> files_;
   std::list<uint64_t> lru_;  // front: most recently used
