@@ -367,9 +367,10 @@ void EmitSearch(Gen& g, const MapLayout& layout, int block_bits) {
 }
 
 // The arithmetic strategy over a shape read from an ArithSlot. REQUIRES: r2 = the slot number,
-// r7 = pos, the stack slot `expect_seq_slot` = the file sequence number the index names.
+// r7 = pos, the stack slots `expect_seq_slot` = the file sequence number the index names and
+// `nodeid_slot` = the node id looked up.
 // Leaves r2..r5 = the reply and jumps to the epilogue, or falls back.
-void EmitArithSlot(Gen& g, int table_fd, uint32_t slots, int expect_seq_slot) {
+void EmitArithSlot(Gen& g, int table_fd, uint32_t slots, int expect_seq_slot, int nodeid_slot) {
   Assembler& a = g.a();
   constexpr int kSpillSlot = -8, kSpillS1 = -40;
   auto field = [](ArithSlot::Field f) { return static_cast<int>(f) * 8; };
@@ -389,6 +390,9 @@ void EmitArithSlot(Gen& g, int table_fd, uint32_t slots, int expect_seq_slot) {
   // Another file's slot, or another generation of this one: stale, fall back.
   a.Load(Size::kDW, R2, R9, field(ArithSlot::kFileSeq));
   a.Load(Size::kDW, R3, R10, expect_seq_slot);
+  a.JumpIf(Cond::kNe, R2, R3, g.fallback());
+  a.Load(Size::kDW, R2, R9, field(ArithSlot::kNodeid));
+  a.Load(Size::kDW, R3, R10, nodeid_slot);
   a.JumpIf(Cond::kNe, R2, R3, g.fallback());
   Label check = a.NewLabel(), past_first = a.NewLabel(), inside = a.NewLabel(), gap = a.NewLabel();
   a.Load(Size::kDW, R0, R9, field(ArithSlot::kFirst));
@@ -655,7 +659,7 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
     Label not_arith = a.NewLabel();
     a.JumpIfImm(Cond::kNe, R9, kArithmeticClass, not_arith);
     a.Load(Size::kW, R2, R0, 4);  // the slot
-    EmitArithSlot(g, maps.arith_fd, maps.arith_slots, kSeq);
+    EmitArithSlot(g, maps.arith_fd, maps.arith_slots, kSeq, kKeyNode);
     a.Bind(not_arith);
   }
   std::vector<Label> labels;
@@ -677,9 +681,12 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
     a.Call(BPF_FUNC_map_lookup_elem);  // its only value
     a.JumpIfImm(Cond::kEq, R0, 0, g.fallback());
     a.Mov(R1, R0);
-    // A table entry and an inner map of different generations: stale, fall back.
+    // A table entry and an inner map of different generations or nodes: stale, fall back.
     a.Load(Size::kDW, R2, R1, MapLayout::kFileSeqOffset);
     a.Load(Size::kDW, R3, R10, kSeq);
+    a.JumpIf(Cond::kNe, R2, R3, g.fallback());
+    a.Load(Size::kDW, R2, R1, MapLayout::kNodeidOffset);
+    a.Load(Size::kDW, R3, R10, kKeyNode);
     a.JumpIf(Cond::kNe, R2, R3, g.fallback());
     MapLayout layout;
     layout.capacity = 1u << maps.classes[i].first;
@@ -692,9 +699,13 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
 void WriteInitialImage(const FileMap& map, const MapLayout& layout, uint8_t* value,
                        uint64_t file_seq) {
   std::memset(value, 0, MapLayout::kHeaderBytes);
-  uint64_t header[5] = {
-      0, layout.capacity, map.intervals.size(), file_seq,
-      static_cast<uint64_t>(std::countr_zero(map.block_size)) | uint64_t{map.dev} << 32};
+  uint64_t header[6] = {
+      0,
+      layout.capacity,
+      map.intervals.size(),
+      file_seq,
+      static_cast<uint64_t>(std::countr_zero(map.block_size)) | uint64_t{map.dev} << 32,
+      map.nodeid};
   std::memcpy(value, header, sizeof(header));
   FillBuffer(map, layout, value + MapLayout::kHeaderBytes);
 }
@@ -723,6 +734,7 @@ void PublishArithSlot(const FileMap& map, const StrideShape& shape, uint64_t fil
   f[ArithSlot::kTypeWord] =
       uint64_t{shape.type} | uint64_t{shape.flags} << 16 | uint64_t{map.dev} << 32;
   f[ArithSlot::kMaxEnd] = MaxEnd(map.block_size);
+  f[ArithSlot::kNodeid] = map.nodeid;
   std::atomic_ref<uint64_t> seq(*reinterpret_cast<uint64_t*>(slot));
   const uint64_t s = seq.load(std::memory_order_relaxed);
   const uint64_t next = ((s >> 1) + 1) & 1;
@@ -736,7 +748,10 @@ bool ImageMatches(const uint8_t* value, const FileMap& map) {
   uint32_t bits, dev;
   std::memcpy(&bits, value + MapLayout::kBlockBitsOffset, sizeof(bits));
   std::memcpy(&dev, value + MapLayout::kDevOffset, sizeof(dev));
-  return bits == static_cast<uint32_t>(std::countr_zero(map.block_size)) && dev == map.dev;
+  uint64_t nodeid;
+  std::memcpy(&nodeid, value + MapLayout::kNodeidOffset, sizeof(nodeid));
+  return bits == static_cast<uint32_t>(std::countr_zero(map.block_size)) && dev == map.dev &&
+         nodeid == map.nodeid;
 }
 
 }  // namespace iomapfs::bpf

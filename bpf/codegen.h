@@ -98,10 +98,12 @@ struct MapLayout {
   static constexpr uint32_t kNodeBytes = kNodeKeys * 4;
   static constexpr uint32_t kPadKey = 0xffffffff;
   // Header: u64 seqcount, capacity, interval count, file sequence number (dispatcher check), u32
-  // log2(block size) and u32 device id (fixed for the map's life: both buffers use them).
+  // log2(block size) and u32 device id (fixed for the map's life: both buffers use them), u64
+  // node id (dispatcher check).
   static constexpr int kFileSeqOffset = 24;
   static constexpr int kBlockBitsOffset = 32;
   static constexpr int kDevOffset = 36;
+  static constexpr int kNodeidOffset = 40;
   uint32_t capacity = 0;  // power of two >= kMinCapacity
 
   struct Level {
@@ -154,7 +156,8 @@ void WriteInitialImage(const FileMap& map, const MapLayout& layout, uint8_t* val
 // one value of `slots` slots) and its mapping is computed, with no map of its own. A slot is
 // kBytes: u64 seqcount at 0, then two buffers of kFields u64 at kBufferOffset + b * kBufferBytes,
 // written and read with the seqcount protocol of MapLayout (a reader that overlaps a rewrite
-// falls back), and carrying the file sequence number that the index entry must name.
+// falls back), and carrying the node id and file sequence number that the index entry must
+// name.
 struct ArithSlot {
   static constexpr uint32_t kBytes = 256;
   static constexpr uint32_t kBufferOffset = 64;
@@ -169,6 +172,7 @@ struct ArithSlot {
     kAddrStride,  // device address step (mod 2^64)
     kTypeWord,    // type | flags << 16 | dev << 32 of every extent
     kMaxEnd,      // end of the final hole (MaxEnd)
+    kNodeid,      // the file's node id
     kFields,
   };
 };
@@ -198,6 +202,10 @@ struct DispatcherMaps {
   uint32_t arith_slots = 0;                       // a power of two
 };
 
+// Every answer is checked against the node id looked up and the sequence number the index entry
+// names, both recorded in the file's map header or slot: a BPF hash map may recycle an element
+// that a reader still holds (a preallocated element goes back on a free list when its key is
+// deleted or updated), so an index value may change under the reader, even to another node's.
 // Generates the per-connection dispatcher: looks the node id up in the index; for an arithmetic
 // file computes the mapping from its slot (the arithmetic strategy, with the shape read from the
 // slot instead of immediates); otherwise finds the file's map in its class's map-of-maps, checks
@@ -214,8 +222,8 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi = Abi::
 // ImageMatches(value, map).
 void PublishImage(const FileMap& map, const MapLayout& layout, uint8_t* value);
 
-// Returns: whether the block size and device in a map image's header are `map`'s (an image is
-// updated in place only then).
+// Returns: whether the block size, device and node id in a map image's header are `map`'s (an
+// image is updated in place only then).
 bool ImageMatches(const uint8_t* value, const FileMap& map);
 
 }  // namespace iomapfs::bpf

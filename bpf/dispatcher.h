@@ -102,6 +102,7 @@ class Dispatcher {
   Result<Answer> Run(const BeginCtx& ctx) const;
 
   int fd() const { return prog_.get(); }
+  int index_fd() const { return index_.get(); }  // u64 node id -> DispatchEntry (diagnostics)
   size_t insn_count() const { return insns_.size(); }
   const std::vector<bpf_insn>& insns() const { return insns_; }
   size_t files() const { return files_.size(); }

@@ -3,6 +3,7 @@
 // files computed from their slot (one extent or an exact stride) and their in-place updates.
 #include "bpf/dispatcher.h"
 
+#include <bpf/bpf.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -131,6 +132,36 @@ TEST(DispatcherKernel, BudgetEvictsLeastRecentlyUsed) {
 }
 
 using testing::StrideFile;
+
+// A BPF hash map may recycle an element that a lookup still holds, so the index entry a reader
+// sees for node A may be one written for node B. The map or slot it names records its node id,
+// and the dispatcher falls back instead of answering B's mapping for A.
+TEST(DispatcherKernel, AnEntryNamingAnotherNodesFileFallsBack) {
+  IOMAPFS_REQUIRE_BPF();
+  std::string reason;
+  auto d = Dispatcher::Create(DispatcherOptions{}, &reason);
+  ASSERT_TRUE(d.has_value()) << reason;
+  FileMap mapped = *BuildFileMap(21, 4096, 3, testing::RandomMappings(300, 1));
+  FileMap computed = *BuildFileMap(22, 4096, 3, StrideFile(0, 4096, 8192, 100, 1 << 20, 8192));
+  ASSERT_TRUE(d->Install(mapped).has_value());
+  ASSERT_TRUE(d->Install(computed).has_value());
+  ASSERT_TRUE(d->IsArithmetic(22));
+  for (const FileMap* f : {&mapped, &computed}) {
+    DispatchEntry e;
+    ASSERT_EQ(bpf_map_lookup_elem(d->index_fd(), &f->nodeid, &e), 0);
+    const uint64_t stranger = 23;
+    ASSERT_EQ(bpf_map_update_elem(d->index_fd(), &stranger, &e, BPF_ANY), 0);
+    for (uint64_t pos : testing::ProbePositions(*f, 200, 5)) {
+      BeginCtx c;
+      c.nodeid = stranger;
+      c.pos = pos;
+      auto got = d->Run(c);
+      ASSERT_TRUE(got.has_value());
+      ASSERT_EQ(got->ret, kFibFallback) << f->nodeid << " pos " << pos << ": " << ToString(*got);
+    }
+    EXPECT_EQ(CheckDispatch(*d, *f, 200), 0u);  // the owner still answers
+  }
+}
 
 // The stride shapes of the arithmetic strategy (codegen_kernel_test.cc), as files of node id
 // `base + i`.
