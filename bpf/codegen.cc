@@ -236,10 +236,28 @@ Result<Generated> GenArithmetic(const FileMap& map, uint64_t seq, Abi abi) {
 }
 
 // The search over a MapLayout value. REQUIRES: r1 = the map value, r7 = pos; r9 is free.
-// Leaves r2..r5 = the reply and jumps to the epilogue, or falls back.
+// `block_bits` is log2 of the file's block size, or -1 to read it from the header (the
+// dispatcher: one program for every file). Leaves r2..r5 = the reply and jumps to the epilogue,
+// or falls back.
 constexpr int kSpillValue = -8;  // stack slot holding the map value pointer
 
-void EmitSearch(Gen& g, const MapLayout& layout) {
+// r2 = 16 r2 + #{j in 1..15 : (key j at r4 + j * stride) - r0 < 0}, for keys and r0 below 2^63.
+// The sign bit is taken with a shift (rather than masking with a 0/-1 value), which keeps the
+// verifier from forking its state on every step (6.18 does for `x & K` when x is in [-1, 0]: the
+// state count then grows with the capacity). Two accumulators (r2, r5) halve the chain of adds.
+void EmitCount(Assembler& a, Size key_size, int stride, uint32_t keys) {
+  a.Alu64Imm(Alu::kLsh, R2, std::countr_zero(keys));
+  a.MovImm(R5, 0);
+  for (int j = 1; j < static_cast<int>(keys); ++j) {
+    a.Load(key_size, R3, R4, j * stride);
+    a.Alu64(Alu::kSub, R3, R0);
+    a.Alu64Imm(Alu::kRsh, R3, 63);
+    a.Alu64(Alu::kAdd, j % 2 == 1 ? R2 : R5, R3);
+  }
+  a.Alu64(Alu::kAdd, R2, R5);
+}
+
+void EmitSearch(Gen& g, const MapLayout& layout, int block_bits) {
   Assembler& a = g.a();
   a.Store(Size::kDW, R10, kSpillValue, R1);
   a.Load(Size::kDW, R9, R1, 0);  // s1
@@ -247,81 +265,227 @@ void EmitSearch(Gen& g, const MapLayout& layout) {
   a.Alu64Imm(Alu::kRsh, R2, 1);
   a.Alu64Imm(Alu::kAnd, R2, 1);
   a.Alu64Imm(Alu::kMul, R2, static_cast<int64_t>(layout.buffer_bytes()));
+  const std::vector<MapLayout::Level> levels = layout.Levels();
+  {
+    a.Mov(R0, R7);
+    if (block_bits >= 0) {
+      a.Alu64Imm(Alu::kRsh, R0, block_bits);
+    } else {
+      a.Load(Size::kW, R3, R1, MapLayout::kBlockBitsOffset);
+      a.Alu64Imm(Alu::kAnd, R3, 63);
+      a.Alu64(Alu::kRsh, R0, R3);
+    }
+    // r0 = p = min(pos >> block_bits, 2^32 - 1), branchless: r3 = -1 if the high half is not 0.
+    a.Mov(R3, R0);
+    a.Alu64Imm(Alu::kRsh, R3, 32);
+    a.Alu64Imm(Alu::kMul, R3, -1);
+    a.Alu64Imm(Alu::kArsh, R3, 63);
+    a.Alu64(Alu::kOr, R0, R3);
+    a.Alu32Imm(Alu::kAnd, R0, 0xffffffff);
+  }
   a.Alu64Imm(Alu::kAdd, R1, MapLayout::kHeaderBytes);
-  a.Alu64(Alu::kAdd, R1, R2);  // r1 = keys of the active buffer
+  a.Alu64(Alu::kAdd, R1, R2);  // r1 = the active buffer
   a.MovImm(R2, 0);             // r2 = node index in its level
-  a.Mov(R0, R7);
-  a.Alu64Imm(Alu::kAdd, R0, 1);  // r0 = pos + 1
-  for (const MapLayout::Level& level : layout.Levels()) {
+  for (const MapLayout::Level& level : levels) {
     // The verifier cannot know that the index stays below the level's node count (the root may
-    // have fewer than 8 children); the mask, a no-op on real data, tells it.
+    // have fewer than 16 children); the mask, a no-op on real data, tells it.
     if (level.nodes > 1) a.Alu64Imm(Alu::kAnd, R2, static_cast<int64_t>(level.nodes - 1));
     a.Mov(R4, R2);
     a.Alu64Imm(Alu::kLsh, R4, std::countr_zero(MapLayout::kNodeBytes));
     a.Alu64(Alu::kAdd, R4, R1);
     if (level.offset > 0) a.Alu64Imm(Alu::kAdd, R4, static_cast<int64_t>(level.offset));
-    a.Alu64Imm(Alu::kLsh, R2, std::countr_zero(MapLayout::kNodeKeys));
-    for (uint32_t j = 1; j < MapLayout::kNodeKeys; ++j) {
-      // Branchless: r2 += (pos >= key[j]). Both are below 2^62, so the sign bit of
-      // key - (pos + 1) is the comparison. A shift (rather than masking with a 0/-1 value) keeps
-      // the verifier from forking its state on every step, which 6.18 does for `x & K` when x
-      // is in [-1, 0] (the state count then grows with the capacity).
-      a.Load(Size::kDW, R3, R4, static_cast<int64_t>(j * 8));
-      a.Alu64(Alu::kSub, R3, R0);
-      a.Alu64Imm(Alu::kRsh, R3, 63);
-      a.Alu64(Alu::kAdd, R2, R3);
-    }
+    EmitCount(a, Size::kW, 4, MapLayout::kNodeKeys);
   }
+  // r2 = the group: count its records starting at or before pos, with the same keys.
+  const uint64_t group_bytes = uint64_t{MapLayout::kGroupRecords} * MapLayout::kRecordBytes;
+  if (layout.groups() > 1) {
+    a.Alu64Imm(Alu::kAnd, R2, static_cast<int64_t>(layout.groups() - 1));
+    a.Mov(R4, R2);
+    a.Alu64Imm(Alu::kLsh, R4, std::countr_zero(group_bytes));
+    a.Alu64(Alu::kAdd, R4, R1);
+  } else {
+    a.Mov(R4, R1);
+  }
+  if (layout.tree_bytes() > 0) a.Alu64Imm(Alu::kAdd, R4, static_cast<int64_t>(layout.tree_bytes()));
+  EmitCount(a, Size::kW, MapLayout::kRecordBytes, MapLayout::kGroupRecords);
   // r2 = the sorted index of the interval: its record.
   a.Alu64Imm(Alu::kAnd, R2, static_cast<int64_t>(layout.capacity - 1));
   a.Mov(R5, R2);
   a.Alu64Imm(Alu::kLsh, R5, std::countr_zero(MapLayout::kRecordBytes));
   a.Alu64(Alu::kAdd, R5, R1);
-  a.Alu64Imm(Alu::kAdd, R5, static_cast<int64_t>(layout.tree_bytes()));
-  a.Load(Size::kDW, R2, R5, 0);
-  a.Load(Size::kDW, R3, R5, 8);
-  a.Load(Size::kDW, R4, R5, 16);
-  a.Load(Size::kDW, R5, R5, 24);
+  if (layout.tree_bytes() > 0) a.Alu64Imm(Alu::kAdd, R5, static_cast<int64_t>(layout.tree_bytes()));
+  a.Load(Size::kW, R2, R5, 0);   // key
+  a.Load(Size::kW, R3, R5, 4);   // length in blocks
+  a.Load(Size::kDW, R4, R5, 8);  // address | flags << 2 | type
   // Valid only if no writer started on this buffer meanwhile (see MapLayout).
   a.Load(Size::kDW, R1, R10, kSpillValue);
-  a.Load(Size::kDW, R1, R1, 0);
+  a.Load(Size::kDW, R5, R1, 0);
   a.Alu64Imm(Alu::kAnd, R9, -2);
-  a.Alu64(Alu::kSub, R1, R9);
+  a.Alu64(Alu::kSub, R5, R9);
+  a.JumpIfImm(Cond::kGt, R5, 2, g.fallback());
+  // Decode into r2 offset, r3 length, r4 addr, r5 type word (the header's block size and device
+  // never change while the map lives).
+  auto shift_left = [&](Reg r) {
+    if (block_bits >= 0) {
+      a.Alu64Imm(Alu::kLsh, r, block_bits);
+    } else {
+      a.Alu64(Alu::kLsh, r, R0);
+    }
+  };
+  if (block_bits < 0) {
+    a.Load(Size::kW, R0, R1, MapLayout::kBlockBitsOffset);
+    a.Alu64Imm(Alu::kAnd, R0, 63);
+  }
+  a.Load(Size::kW, R1, R1, MapLayout::kDevOffset);
+  a.Alu64Imm(Alu::kLsh, R1, 32);
+  a.Alu32Imm(Alu::kAdd, R2, 1);  // the start block (32-bit wrap-around: record 0's key is the pad)
+  shift_left(R2);
+  shift_left(R3);
+  Label has_length = a.NewLabel();
+  a.JumpIfImm(Cond::kNe, R3, 0, has_length);
+  a.MovImm(R3, ~0ull);  // the last interval ends at MaxEnd = -block size
+  shift_left(R3);
+  a.Alu64(Alu::kSub, R3, R2);
+  a.Bind(has_length);
+  a.Mov(R5, R4);
+  a.Alu64Imm(Alu::kAnd, R5, 3);  // type
+  a.Mov(R9, R5);
+  a.Alu64Imm(Alu::kSub, R9, 1);
+  a.Alu64Imm(Alu::kArsh, R9, 63);  // -1 for a HOLE (type 0), else 0
+  a.Mov(R0, R9);
+  a.Alu64Imm(Alu::kXor, R0, -1);
+  a.Alu64(Alu::kAnd, R1, R0);  // holes have no device
+  a.Alu64(Alu::kOr, R5, R1);
+  a.Mov(R0, R4);
+  a.Alu64Imm(Alu::kRsh, R0, 2);
+  a.Alu64Imm(Alu::kAnd, R0, 0xff);
+  a.Alu64Imm(Alu::kLsh, R0, 16);
+  a.Alu64(Alu::kOr, R5, R0);  // flags
+  a.Alu64Imm(Alu::kAnd, R4, -(int64_t{1} << MapLayout::kRecordTagBits));
+  a.Alu64(Alu::kOr, R4, R9);  // holes: FUSE_IOMAP_NULL_ADDR
+  a.Jump(g.epilogue());
+}
+
+// The arithmetic strategy over a shape read from an ArithSlot. REQUIRES: r2 = the slot number,
+// r7 = pos, the stack slots `expect_seq_slot` = the file sequence number the index names and
+// `nodeid_slot` = the node id looked up.
+// Leaves r2..r5 = the reply and jumps to the epilogue, or falls back.
+void EmitArithSlot(Gen& g, int table_fd, uint32_t slots, int expect_seq_slot, int nodeid_slot) {
+  Assembler& a = g.a();
+  constexpr int kSpillSlot = -8, kSpillS1 = -40;
+  auto field = [](ArithSlot::Field f) { return static_cast<int>(f) * 8; };
+  a.Alu64Imm(Alu::kAnd, R2, static_cast<int64_t>(slots - 1));
+  a.Alu64Imm(Alu::kLsh, R2, std::countr_zero(ArithSlot::kBytes));
+  a.LoadMapValue(R1, table_fd, 0);
+  a.Alu64(Alu::kAdd, R1, R2);  // r1 = the slot
+  a.Store(Size::kDW, R10, kSpillSlot, R1);
+  a.Load(Size::kDW, R2, R1, 0);  // s1
+  a.Store(Size::kDW, R10, kSpillS1, R2);
+  a.Alu64Imm(Alu::kRsh, R2, 1);
+  a.Alu64Imm(Alu::kAnd, R2, 1);
+  a.Alu64Imm(Alu::kMul, R2, ArithSlot::kBufferBytes);
+  a.Alu64Imm(Alu::kAdd, R2, ArithSlot::kBufferOffset);
+  a.Mov(R9, R1);
+  a.Alu64(Alu::kAdd, R9, R2);  // r9 = the active buffer
+  // Another file's slot, or another generation of this one: stale, fall back.
+  a.Load(Size::kDW, R2, R9, field(ArithSlot::kFileSeq));
+  a.Load(Size::kDW, R3, R10, expect_seq_slot);
+  a.JumpIf(Cond::kNe, R2, R3, g.fallback());
+  a.Load(Size::kDW, R2, R9, field(ArithSlot::kNodeid));
+  a.Load(Size::kDW, R3, R10, nodeid_slot);
+  a.JumpIf(Cond::kNe, R2, R3, g.fallback());
+  Label check = a.NewLabel(), past_first = a.NewLabel(), inside = a.NewLabel(), gap = a.NewLabel();
+  a.Load(Size::kDW, R0, R9, field(ArithSlot::kFirst));
+  a.JumpIf(Cond::kGe, R7, R0, past_first);
+  a.MovImm(R2, 0);  // the hole before extent 0
+  a.Mov(R3, R0);
+  a.MovImm(R4, iomap::kNullAddr);
+  a.MovImm(R5, 0);
+  a.Jump(check);
+  a.Bind(past_first);
+  a.Load(Size::kDW, R0, R9, field(ArithSlot::kLastEnd));
+  a.JumpIf(Cond::kLt, R7, R0, inside);
+  a.Mov(R2, R0);  // the final hole
+  a.Load(Size::kDW, R3, R9, field(ArithSlot::kMaxEnd));
+  a.Alu64(Alu::kSub, R3, R2);
+  a.MovImm(R4, iomap::kNullAddr);
+  a.MovImm(R5, 0);
+  a.Jump(check);
+  a.Bind(inside);
+  a.Load(Size::kDW, R2, R9, field(ArithSlot::kFirst));
+  a.Mov(R1, R7);
+  a.Alu64(Alu::kSub, R1, R2);  // r1 = pos - first
+  a.Load(Size::kDW, R0, R9, field(ArithSlot::kStride));
+  a.Mov(R3, R1);
+  a.Alu64(Alu::kDiv, R3, R0);  // r3 = k, the extent number
+  a.Alu64(Alu::kMul, R0, R3);  // r0 = k * stride
+  a.Alu64(Alu::kSub, R1, R0);  // r1 = offset within the stride
+  a.Alu64(Alu::kAdd, R2, R0);  // r2 = the extent's offset
+  a.Load(Size::kDW, R0, R9, field(ArithSlot::kLength));
+  a.JumpIf(Cond::kGe, R1, R0, gap);
+  a.Load(Size::kDW, R4, R9, field(ArithSlot::kAddrStride));
+  a.Alu64(Alu::kMul, R4, R3);
+  a.Load(Size::kDW, R3, R9, field(ArithSlot::kAddr0));
+  a.Alu64(Alu::kAdd, R4, R3);
+  a.Mov(R3, R0);
+  a.Load(Size::kDW, R5, R9, field(ArithSlot::kTypeWord));
+  a.Jump(check);
+  a.Bind(gap);  // the hole between extent k and k + 1
+  a.Alu64(Alu::kAdd, R2, R0);
+  a.Load(Size::kDW, R3, R9, field(ArithSlot::kStride));
+  a.Alu64(Alu::kSub, R3, R0);
+  a.MovImm(R4, iomap::kNullAddr);
+  a.MovImm(R5, 0);
+  a.Bind(check);
+  // Valid only if no writer started on this buffer meanwhile.
+  a.Load(Size::kDW, R1, R10, kSpillSlot);
+  a.Load(Size::kDW, R1, R1, 0);
+  a.Load(Size::kDW, R0, R10, kSpillS1);
+  a.Alu64Imm(Alu::kAnd, R0, -2);
+  a.Alu64(Alu::kSub, R1, R0);
   a.JumpIfImm(Cond::kGt, R1, 2, g.fallback());
   a.Jump(g.epilogue());
 }
 
 Result<Generated> GenMapSearch(const FileMap& map, uint64_t seq, int map_fd, Abi abi) {
+  if (!MapLayout::Encodable(map)) return Unexpected(E2BIG);
   Gen g(map, seq, abi);
   g.Prologue();
   g.a().LoadMapValue(R1, map_fd, 0);
-  EmitSearch(g, MapLayout::ForIntervals(map.intervals.size()));
+  EmitSearch(g, MapLayout::ForIntervals(map.intervals.size()), std::countr_zero(map.block_size));
   g.Epilogue();
   return g.Finish(Strategy::kMapSearch);
 }
 
 void FillBuffer(const FileMap& map, const MapLayout& layout, uint8_t* buf) {
   const size_t n = map.intervals.size();
-  auto start = [&](uint64_t i) { return i < n ? map.intervals[i].offset : kPosLimit; };
+  const int bits = std::countr_zero(map.block_size);
   for (const MapLayout::Level& level : layout.Levels()) {
-    auto* keys = reinterpret_cast<uint64_t*>(buf + level.offset);
-    const uint64_t child_width = level.width / MapLayout::kNodeKeys;
+    auto* keys = reinterpret_cast<uint32_t*>(buf + level.offset);
+    const uint64_t child_groups = level.width / MapLayout::kNodeKeys;
     for (uint64_t k = 0; k < level.nodes * MapLayout::kNodeKeys; ++k) {
-      const uint64_t first = k * child_width;
-      keys[k] = first < layout.capacity ? start(first) : kPosLimit;
+      const uint64_t first = k * child_groups * MapLayout::kGroupRecords;
+      // Unsigned wrap-around: the first start of all, 0, gives the pad (key 0 is never compared).
+      keys[k] = first < n ? static_cast<uint32_t>((map.intervals[first].offset >> bits) - 1)
+                          : MapLayout::kPadKey;
     }
   }
   uint8_t* recs = buf + layout.tree_bytes();
+  const uint64_t max_end = MaxEnd(map.block_size);
   for (size_t i = 0; i < layout.capacity; ++i) {
-    uint64_t rec[4] = {kPosLimit, 0, 0, 0};
+    uint32_t key = MapLayout::kPadKey, len = 0;
+    uint64_t word = 0;
     if (i < n) {
-      IomapIo io = ReadSlot(map, map.intervals[i]);
-      rec[0] = io.offset;
-      rec[1] = io.length;
-      rec[2] = io.addr;
-      rec[3] = TypeWord(io);
+      const Mapping& m = map.intervals[i];
+      key = static_cast<uint32_t>((m.offset >> bits) - 1);
+      len = m.end() == max_end ? 0 : static_cast<uint32_t>(m.length >> bits);
+      word = (m.type == MappingType::kHole ? 0 : m.addr) | uint64_t{m.flags} << 2 |
+             static_cast<uint64_t>(m.type);
     }
-    std::memcpy(recs + i * MapLayout::kRecordBytes, rec, sizeof(rec));
+    uint8_t* r = recs + i * MapLayout::kRecordBytes;
+    std::memcpy(r, &key, 4);
+    std::memcpy(r + 4, &len, 4);
+    std::memcpy(r + 8, &word, 8);
   }
 }
 
@@ -374,16 +538,15 @@ bool DetectStride(const FileMap& map, StrideShape* shape) {
 }
 
 std::vector<MapLayout::Level> MapLayout::Levels() const {
-  // Bottom-up: the leaves hold the capacity's starts 8 per node (at least one node); each level
-  // above has 1/8 as many nodes, the root's children being the 1 to 8 nodes of the level below.
+  // Bottom-up: the last level has one node per 16 groups (at least one); each level above has
+  // 1/16 as many nodes, the root's children being the 2 to 16 nodes (or groups) below it.
   std::vector<Level> up;
-  uint64_t nodes = std::max<uint64_t>(1, capacity / kNodeKeys);
-  uint64_t width = kNodeKeys;
-  while (true) {
-    up.push_back(Level{0, nodes, width});
-    if (nodes == 1) break;
+  uint64_t nodes = groups();
+  uint64_t width = 1;
+  while (nodes > 1) {
     nodes = nodes > kNodeKeys ? nodes / kNodeKeys : 1;
     width *= kNodeKeys;
+    up.push_back(Level{0, nodes, width});
   }
   std::vector<Level> levels(up.rbegin(), up.rend());
   uint64_t offset = 0;
@@ -396,13 +559,19 @@ std::vector<MapLayout::Level> MapLayout::Levels() const {
 
 uint64_t MapLayout::tree_bytes() const {
   const std::vector<Level> levels = Levels();
-  return levels.back().offset + levels.back().nodes * kNodeBytes;
+  return levels.empty() ? 0 : levels.back().offset + levels.back().nodes * kNodeBytes;
 }
 
 MapLayout MapLayout::ForIntervals(size_t intervals) {
   MapLayout l;
-  l.capacity = static_cast<uint32_t>(std::bit_ceil(std::max<size_t>(intervals, 2)));
+  l.capacity = static_cast<uint32_t>(std::bit_ceil(std::max<size_t>(intervals, kMinCapacity)));
   return l;
+}
+
+bool MapLayout::Encodable(const FileMap& map) {
+  if (map.block_size < (1u << kRecordTagBits)) return false;
+  return map.intervals.empty() ||
+         (map.intervals.back().offset >> std::countr_zero(map.block_size)) <= kPadKey;
 }
 
 Strategy Choose(const FileMap& map, const CodegenOptions& options, std::string* reason) {
@@ -423,9 +592,14 @@ Strategy Choose(const FileMap& map, const CodegenOptions& options, std::string* 
       return Strategy::kTree;
     }
   }
-  if (n <= options.map_max_intervals) {
+  if (n <= options.map_max_intervals && MapLayout::Encodable(map)) {
     say(std::to_string(n) + " intervals: map search");
     return Strategy::kMapSearch;
+  }
+  if (!MapLayout::Encodable(map)) {
+    say("blocks below 1 KiB or an interval starting past 2^32 blocks (the map search's 32-bit "
+        "keys)");
+    return Strategy::kNone;
   }
   say(std::to_string(n) + " intervals > map limit " + std::to_string(options.map_max_intervals));
   return Strategy::kNone;
@@ -449,11 +623,11 @@ Result<Generated> Generate(const FileMap& map, uint64_t seq, Strategy strategy, 
 }
 
 Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
-                                     int32_t nodeid_kfunc_btf_id) {
+                                     int32_t nodeid_kfunc_btf_id, int16_t kfunc_fd_index) {
   FileMap none;
   Gen g(none, 0, abi);
   Assembler& a = g.a();
-  constexpr int kKeyNode = -16, kSeq = -24, kKeyZero = -32;
+  constexpr int kKeyNode = -16, kSeq = -24, kKeyZero = -32, kKeySlot = -48;
   if (abi == Abi::kSyscall) {
     g.Prologue(/*identity=*/false);
     a.Load(Size::kDW, R2, R6, kCtxNodeid);
@@ -462,8 +636,10 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
     a.Load(Size::kDW, R9, R1, 0);  // the opaque inode (args[0])
     g.Prologue(/*identity=*/false);
     a.Mov(R1, R9);
-    // call fuse_bpf_inode_nodeid (a vmlinux kfunc: src BPF_PSEUDO_KFUNC_CALL, off 0).
-    a.Raw(bpf_insn{BPF_JMP | BPF_CALL, 0, BPF_PSEUDO_KFUNC_CALL, 0, nodeid_kfunc_btf_id});
+    // call fuse_bpf_inode_nodeid (src BPF_PSEUDO_KFUNC_CALL; off 0: a vmlinux kfunc, else the
+    // index of the module's BTF fd in fd_array).
+    a.Raw(bpf_insn{BPF_JMP | BPF_CALL, 0, BPF_PSEUDO_KFUNC_CALL, kfunc_fd_index,
+                   nodeid_kfunc_btf_id});
     a.Mov(R2, R0);
   }
   a.Store(Size::kDW, R10, kKeyNode, R2);
@@ -476,6 +652,16 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
   a.Load(Size::kW, R9, R0, 0);  // capacity class (log2)
   a.Load(Size::kDW, R2, R0, 8);
   a.Store(Size::kDW, R10, kSeq, R2);
+  a.Load(Size::kW, R2, R0, 4);
+  a.Store(Size::kW, R10, kKeySlot, R2);
+  if (maps.arith_fd >= 0) {
+    if (!std::has_single_bit(maps.arith_slots)) return Unexpected(EINVAL);
+    Label not_arith = a.NewLabel();
+    a.JumpIfImm(Cond::kNe, R9, kArithmeticClass, not_arith);
+    a.Load(Size::kW, R2, R0, 4);  // the slot
+    EmitArithSlot(g, maps.arith_fd, maps.arith_slots, kSeq, kKeyNode);
+    a.Bind(not_arith);
+  }
   std::vector<Label> labels;
   for (const auto& [log2_cap, fd] : maps.classes) {
     labels.push_back(a.NewLabel());
@@ -486,7 +672,7 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
     a.Bind(labels[i]);
     a.LoadMapFd(R1, maps.classes[i].second);
     a.Mov(R2, R10);
-    a.Alu64Imm(Alu::kAdd, R2, kKeyNode);
+    a.Alu64Imm(Alu::kAdd, R2, kKeySlot);
     a.Call(BPF_FUNC_map_lookup_elem);  // the file's inner map
     a.JumpIfImm(Cond::kEq, R0, 0, g.fallback());
     a.Mov(R1, R0);
@@ -495,13 +681,16 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
     a.Call(BPF_FUNC_map_lookup_elem);  // its only value
     a.JumpIfImm(Cond::kEq, R0, 0, g.fallback());
     a.Mov(R1, R0);
-    // A table entry and an inner map of different generations: stale, fall back.
+    // A table entry and an inner map of different generations or nodes: stale, fall back.
     a.Load(Size::kDW, R2, R1, MapLayout::kFileSeqOffset);
     a.Load(Size::kDW, R3, R10, kSeq);
     a.JumpIf(Cond::kNe, R2, R3, g.fallback());
+    a.Load(Size::kDW, R2, R1, MapLayout::kNodeidOffset);
+    a.Load(Size::kDW, R3, R10, kKeyNode);
+    a.JumpIf(Cond::kNe, R2, R3, g.fallback());
     MapLayout layout;
     layout.capacity = 1u << maps.classes[i].first;
-    EmitSearch(g, layout);
+    EmitSearch(g, layout, /*block_bits=*/-1);
   }
   g.Epilogue();
   return g.Finish(Strategy::kMapSearch);
@@ -510,7 +699,13 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
 void WriteInitialImage(const FileMap& map, const MapLayout& layout, uint8_t* value,
                        uint64_t file_seq) {
   std::memset(value, 0, MapLayout::kHeaderBytes);
-  uint64_t header[4] = {0, layout.capacity, map.intervals.size(), file_seq};
+  uint64_t header[6] = {
+      0,
+      layout.capacity,
+      map.intervals.size(),
+      file_seq,
+      static_cast<uint64_t>(std::countr_zero(map.block_size)) | uint64_t{map.dev} << 32,
+      map.nodeid};
   std::memcpy(value, header, sizeof(header));
   FillBuffer(map, layout, value + MapLayout::kHeaderBytes);
 }
@@ -524,6 +719,39 @@ void PublishImage(const FileMap& map, const MapLayout& layout, uint8_t* value) {
   FillBuffer(map, layout, value + MapLayout::kHeaderBytes + next * layout.buffer_bytes());
   reinterpret_cast<uint64_t*>(value)[2] = map.intervals.size();
   seq.store(s + 2, std::memory_order_release);
+}
+
+void PublishArithSlot(const FileMap& map, const StrideShape& shape, uint64_t file_seq,
+                      uint8_t* slot) {
+  uint64_t f[ArithSlot::kFields] = {};
+  f[ArithSlot::kFileSeq] = file_seq;
+  f[ArithSlot::kFirst] = shape.first;
+  f[ArithSlot::kLength] = shape.length;
+  f[ArithSlot::kStride] = shape.stride;
+  f[ArithSlot::kLastEnd] = shape.first + (shape.count - 1) * shape.stride + shape.length;
+  f[ArithSlot::kAddr0] = shape.addr0;
+  f[ArithSlot::kAddrStride] = shape.addr_stride;
+  f[ArithSlot::kTypeWord] =
+      uint64_t{shape.type} | uint64_t{shape.flags} << 16 | uint64_t{map.dev} << 32;
+  f[ArithSlot::kMaxEnd] = MaxEnd(map.block_size);
+  f[ArithSlot::kNodeid] = map.nodeid;
+  std::atomic_ref<uint64_t> seq(*reinterpret_cast<uint64_t*>(slot));
+  const uint64_t s = seq.load(std::memory_order_relaxed);
+  const uint64_t next = ((s >> 1) + 1) & 1;
+  seq.store(s + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // odd seq before any data store
+  std::memcpy(slot + ArithSlot::kBufferOffset + next * ArithSlot::kBufferBytes, f, sizeof(f));
+  seq.store(s + 2, std::memory_order_release);
+}
+
+bool ImageMatches(const uint8_t* value, const FileMap& map) {
+  uint32_t bits, dev;
+  std::memcpy(&bits, value + MapLayout::kBlockBitsOffset, sizeof(bits));
+  std::memcpy(&dev, value + MapLayout::kDevOffset, sizeof(dev));
+  uint64_t nodeid;
+  std::memcpy(&nodeid, value + MapLayout::kNodeidOffset, sizeof(nodeid));
+  return bits == static_cast<uint32_t>(std::countr_zero(map.block_size)) && dev == map.dev &&
+         nodeid == map.nodeid;
 }
 
 }  // namespace iomapfs::bpf

@@ -30,12 +30,27 @@ Result<Dispatcher> Dispatcher::Create(const DispatcherOptions& options, std::str
     auto tmpl = CreateMap(BPF_MAP_TYPE_ARRAY, 4, static_cast<uint32_t>(layout.value_bytes()), 1,
                           BPF_F_MMAPABLE, "iomapfs_tmpl");
     if (!tmpl) return fail("inner map template", tmpl.error());
-    auto outer = CreateMapOfMaps(BPF_MAP_TYPE_HASH_OF_MAPS, 8, options.max_files, tmpl->get(),
+    auto outer = CreateMapOfMaps(BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, options.max_files, tmpl->get(),
                                  "iomapfs_class");
     if (!outer) return fail("map of maps", outer.error());
     maps.classes.emplace_back(c, outer->get());
     d.classes_.push_back(std::move(*outer));
   }
+  if (options.arith_slots > 0) {
+    if (!std::has_single_bit(options.arith_slots)) return fail("arith_slots", EINVAL);
+    const uint64_t bytes = uint64_t{options.arith_slots} * ArithSlot::kBytes;
+    auto t = CreateMap(BPF_MAP_TYPE_ARRAY, 4, static_cast<uint32_t>(bytes), 1, BPF_F_MMAPABLE,
+                       "iomapfs_arith");
+    if (!t) return fail("arithmetic table", t.error());
+    d.arith_ = std::move(*t);
+    auto v = MappedValue::Map(d.arith_.get(), bytes);
+    if (!v) return fail("arithmetic table mmap", v.error());
+    d.arith_value_ = std::move(*v);
+    for (uint32_t i = options.arith_slots; i > 0; --i) d.free_slots_.push_back(i - 1);
+    maps.arith_fd = d.arith_.get();
+    maps.arith_slots = options.arith_slots;
+  }
+  for (uint32_t i = options.max_files; i > 0; --i) d.free_map_slots_.push_back(i - 1);
   IOMAPFS_ASSIGN_OR_RETURN(Generated gen, GenerateDispatcher(maps));
   d.insns_ = std::move(gen.insns);
   std::string log;
@@ -56,22 +71,97 @@ Result<Dispatcher> Dispatcher::Create(const DispatcherOptions& options, std::str
 Result<bool> Dispatcher::AttachHook(int fuse_fd, std::string* reason) {
   IOMAPFS_ASSIGN_OR_RETURN(std::optional<StructOpsLayout> layout, DetectStructOps());
   if (!layout) return false;
+  IOMAPFS_ASSIGN_OR_RETURN(hook_, StructOpsLink::Attach(*layout, Maps(), fuse_fd, reason));
+  return true;
+}
+
+DispatcherMaps Dispatcher::Maps() const {
   DispatcherMaps maps;
   maps.index_fd = index_.get();
   for (size_t i = 0; i < classes_.size(); ++i) {
     maps.classes.emplace_back(options_.min_log2_capacity + static_cast<uint32_t>(i),
                               classes_[i].get());
   }
-  IOMAPFS_ASSIGN_OR_RETURN(hook_, StructOpsLink::Attach(*layout, maps, fuse_fd, reason));
-  return true;
+  if (arith_.get() >= 0) {
+    maps.arith_fd = arith_.get();
+    maps.arith_slots = options_.arith_slots;
+  }
+  return maps;
+}
+
+bool Dispatcher::IsArithmetic(uint64_t nodeid) const {
+  auto it = files_.find(nodeid);
+  return it != files_.end() && it->second.log2_capacity == kArithmeticClass;
+}
+
+Result<uint64_t> Dispatcher::InstallArithmetic(const FileMap& map, const StrideShape& shape) {
+  const uint64_t nodeid = map.nodeid;
+  auto it = files_.find(nodeid);
+  if (it != files_.end() && it->second.log2_capacity == kArithmeticClass) {
+    // Rewritten in place: readers see the old shape, the new one, or fall back.
+    PublishArithSlot(map, shape, it->second.seq, Slot(it->second.slot));
+    ++stats_.in_place_updates;
+    Touch(nodeid);
+    return it->second.seq;
+  }
+  if (free_slots_.empty()) return Unexpected(ENOSPC);
+  File f;
+  f.log2_capacity = kArithmeticClass;
+  f.slot = free_slots_.back();
+  f.seq = next_seq_++;
+  // The slot is written before the index names it.
+  PublishArithSlot(map, shape, f.seq, Slot(f.slot));
+  DispatchEntry e;
+  e.log2_capacity = kArithmeticClass;
+  e.slot = f.slot;
+  e.seq = f.seq;
+  if (bpf_map_update_elem(index_.get(), &nodeid, &e, BPF_ANY) != 0) {
+    int err = errno;
+    ++stats_.refused;
+    return Unexpected(err);
+  }
+  free_slots_.pop_back();
+  if (it != files_.end()) Forget(nodeid, kArithmeticClass, /*keep_map_slot=*/false);
+  lru_.push_front(nodeid);
+  f.lru = lru_.begin();
+  const uint64_t seq = f.seq;
+  files_.emplace(nodeid, std::move(f));
+  ++stats_.installs;
+  ++stats_.arithmetic;
+  Evict(nodeid);
+  return seq;
+}
+
+void Dispatcher::Forget(uint64_t nodeid, uint32_t new_log2, bool keep_map_slot) {
+  auto it = files_.find(nodeid);
+  if (it == files_.end()) return;
+  File& f = it->second;
+  if (f.log2_capacity == kArithmeticClass) {
+    // A reader still on the slot sees its seqcount move or another file sequence number.
+    free_slots_.push_back(f.slot);
+  } else {
+    if (f.log2_capacity != new_log2) {
+      bpf_map_delete_elem(classes_[f.log2_capacity - options_.min_log2_capacity].get(), &f.slot);
+    }
+    if (!keep_map_slot) free_map_slots_.push_back(f.slot);
+  }
+  map_bytes_ -= f.value.size();
+  lru_.erase(f.lru);
+  files_.erase(it);
 }
 
 Result<uint64_t> Dispatcher::Install(const FileMap& map) {
   const uint64_t nodeid = map.nodeid;
+  StrideShape shape;
+  if (arith_.get() >= 0 && DetectStride(map, &shape)) {
+    auto seq = InstallArithmetic(map, shape);
+    if (seq || seq.error() != ENOSPC) return seq;
+    // No free slot: the file gets a map like any other.
+  }
   const uint32_t log2 = std::max<uint32_t>(
       options_.min_log2_capacity, static_cast<uint32_t>(std::countr_zero(
                                       MapLayout::ForIntervals(map.intervals.size()).capacity)));
-  if (log2 > options_.max_log2_capacity) {
+  if (log2 > options_.max_log2_capacity || !MapLayout::Encodable(map)) {
     ++stats_.refused;
     Remove(nodeid);
     return Unexpected(E2BIG);
@@ -79,7 +169,8 @@ Result<uint64_t> Dispatcher::Install(const FileMap& map) {
   MapLayout layout;
   layout.capacity = 1u << log2;
   auto it = files_.find(nodeid);
-  if (it != files_.end() && it->second.log2_capacity == log2) {
+  if (it != files_.end() && it->second.log2_capacity == log2 && log2 != kArithmeticClass &&
+      ImageMatches(it->second.value.data(), map)) {
     // Same class: new extents go to the inactive buffer, readers never see a half-written map.
     PublishImage(map, layout, it->second.value.data());
     ++stats_.in_place_updates;
@@ -91,8 +182,15 @@ Result<uint64_t> Dispatcher::Install(const FileMap& map) {
     Remove(nodeid);
     return Unexpected(ENOSPC);
   }
+  // The file's index in its class's ARRAY_OF_MAPS: kept while it has a map.
+  const bool had_map = it != files_.end() && it->second.log2_capacity != kArithmeticClass;
+  if (!had_map && free_map_slots_.empty()) {
+    ++stats_.refused;
+    return Unexpected(ENOSPC);
+  }
   File f;
   f.log2_capacity = log2;
+  f.slot = had_map ? it->second.slot : free_map_slots_.back();
   f.seq = next_seq_++;
   auto m = CreateMap(BPF_MAP_TYPE_ARRAY, 4, static_cast<uint32_t>(layout.value_bytes()), 1,
                      BPF_F_MMAPABLE, "iomapfs_file");
@@ -110,7 +208,7 @@ Result<uint64_t> Dispatcher::Install(const FileMap& map) {
   // entry or mismatched sequence numbers, and falls back.
   const int outer = classes_[log2 - options_.min_log2_capacity].get();
   uint32_t inner_fd = static_cast<uint32_t>(f.map.get());
-  if (bpf_map_update_elem(outer, &nodeid, &inner_fd, BPF_ANY) != 0) {
+  if (bpf_map_update_elem(outer, &f.slot, &inner_fd, BPF_ANY) != 0) {
     int err = errno;
     ++stats_.refused;
     LOG_WARNING("bpf: node %llu stays on the server path: map-of-maps update failed: %s",
@@ -119,22 +217,16 @@ Result<uint64_t> Dispatcher::Install(const FileMap& map) {
   }
   DispatchEntry e;
   e.log2_capacity = log2;
+  e.slot = f.slot;
   e.seq = f.seq;
   if (bpf_map_update_elem(index_.get(), &nodeid, &e, BPF_ANY) != 0) {
     int err = errno;
-    bpf_map_delete_elem(outer, &nodeid);
+    bpf_map_delete_elem(outer, &f.slot);
     ++stats_.refused;
     return Unexpected(err);
   }
-  if (it != files_.end()) {
-    if (it->second.log2_capacity != log2) {
-      bpf_map_delete_elem(classes_[it->second.log2_capacity - options_.min_log2_capacity].get(),
-                          &nodeid);
-    }
-    map_bytes_ -= it->second.value.size();
-    lru_.erase(it->second.lru);
-    files_.erase(it);
-  }
+  if (!had_map) free_map_slots_.pop_back();
+  if (it != files_.end()) Forget(nodeid, log2, /*keep_map_slot=*/had_map);
   map_bytes_ += f.value.size();
   lru_.push_front(nodeid);
   f.lru = lru_.begin();
@@ -161,11 +253,7 @@ bool Dispatcher::Remove(uint64_t nodeid) {
   if (it == files_.end()) return false;
   // Index first: from then on lookups of this node fall back.
   bpf_map_delete_elem(index_.get(), &nodeid);
-  bpf_map_delete_elem(classes_[it->second.log2_capacity - options_.min_log2_capacity].get(),
-                      &nodeid);
-  map_bytes_ -= it->second.value.size();
-  lru_.erase(it->second.lru);
-  files_.erase(it);
+  Forget(nodeid, kArithmeticClass, /*keep_map_slot=*/false);  // (its class entry goes too)
   return true;
 }
 

@@ -7,8 +7,11 @@
 // per-file programs (measured on 6.18, see DispatcherKernel.ProgArrayRejectedForSleepable).
 // Map-in-map is allowed, so the dispatcher is one fixed program that looks up
 //   index:   HASH   u64 node id -> DispatchEntry {capacity class, sequence number}
-//   class c: HASH_OF_MAPS u64 node id -> the file's MapLayout array map (capacity 2^c)
-// and runs the map search of codegen.h over the file's map. Installing, replacing (a new inner
+//   class c: ARRAY_OF_MAPS u32 map slot -> the file's MapLayout array map (capacity 2^c)
+// and runs the map search of codegen.h over the file's map. A file that is one extent or an exact
+// stride (DetectStride) needs no map: its index entry names a slot of one shared table
+// (ArithSlot) holding the shape, and the dispatcher computes its mapping (choice by shape inside
+// the one program the hook can run). Installing, replacing (a new inner
 // map, atomically swapped into its class) or removing one file never reloads the program or
 // touches other files; extent changes that fit the capacity are written in place through the
 // mmap (double-buffered). Every install carries a new sequence number, stored in the index and in
@@ -47,6 +50,7 @@ struct DispatcherOptions {
   uint32_t min_log2_capacity = 4;   // 16 intervals
   uint32_t max_log2_capacity = 18;  // 262,144 intervals (about 100k-200k extents)
   uint32_t max_files = 65536;       // index and map-of-maps capacity
+  uint32_t arith_slots = 4096;      // arithmetic files at once (a power of two; 0: none)
   Budget budget;
 };
 
@@ -54,7 +58,8 @@ struct DispatcherStats {
   uint64_t installs = 0;
   uint64_t in_place_updates = 0;
   uint64_t evictions = 0;
-  uint64_t refused = 0;  // files left on the server path (too large, map creation failed)
+  uint64_t refused = 0;     // files left on the server path (too large, map creation failed)
+  uint64_t arithmetic = 0;  // installs answered by computation from a slot (no map)
 };
 
 class Dispatcher {
@@ -68,12 +73,11 @@ class Dispatcher {
   static Result<Dispatcher> Create(const DispatcherOptions& options, std::string* reason);
 
   // Installs `map` for its node id, replacing what was there: in place if it already has a map of
-  // the same capacity class, else with a new inner map. Evicts least-recently-used files to stay
-  // within the budget.
-  // Returns: the sequence number now installed for the file.
-  // Errors: ENOSPC/E2BIG the file does not fit any class or the budget (it stays on the server
-  // path; not fatal); the bpf(2) errno of a failed map operation (the file is then not
-  // installed).
+  // the same capacity class, block size and device, else with a new inner map. Evicts
+  // least-recently-used files to stay within the budget. Returns: the sequence number now installed
+  // for the file. Errors: ENOSPC/E2BIG the file does not fit any class or the budget, or is not
+  // MapLayout::Encodable (it stays on the server path; not fatal); the bpf(2) errno of a failed
+  // map operation (the file is then not installed).
   Result<uint64_t> Install(const FileMap& map);
 
   // Forgets the node id (FORGET, eviction). Returns: whether it was installed.
@@ -81,6 +85,8 @@ class Dispatcher {
   // Marks the file as recently used (LRU).
   void Touch(uint64_t nodeid);
   bool Contains(uint64_t nodeid) const { return files_.count(nodeid) != 0; }
+  // Whether the file is answered by computation from a slot (no map of its own).
+  bool IsArithmetic(uint64_t nodeid) const;
   // Returns: the installed sequence number, or 0.
   uint64_t SeqOf(uint64_t nodeid) const;
 
@@ -96,6 +102,7 @@ class Dispatcher {
   Result<Answer> Run(const BeginCtx& ctx) const;
 
   int fd() const { return prog_.get(); }
+  int index_fd() const { return index_.get(); }  // u64 node id -> DispatchEntry (diagnostics)
   size_t insn_count() const { return insns_.size(); }
   const std::vector<bpf_insn>& insns() const { return insns_; }
   size_t files() const { return files_.size(); }
@@ -104,18 +111,32 @@ class Dispatcher {
 
  private:
   struct File {
-    uint32_t log2_capacity = 0;
+    uint32_t log2_capacity = 0;  // kArithmeticClass: `slot` of the arithmetic table
+    uint32_t slot = 0;           // else: its map slot (index in its class's ARRAY_OF_MAPS)
     uint64_t seq = 0;
     UniqueFd map;
     MappedValue value;
     std::list<uint64_t>::iterator lru;
   };
   void Evict(uint64_t keep);
+  DispatcherMaps Maps() const;
+  uint8_t* Slot(uint32_t slot) const { return arith_value_.data() + slot * ArithSlot::kBytes; }
+  // Installs `map` (shape `shape`) as an arithmetic file. Returns: the sequence number; ENOSPC no
+  // free slot (the caller uses a map instead).
+  Result<uint64_t> InstallArithmetic(const FileMap& map, const StrideShape& shape);
+  // Releases what the file held besides its index entry (its arithmetic slot; or its class entry
+  // unless the node now lives in class `new_log2`, and its map slot unless `keep_map_slot`), and
+  // forgets it.
+  void Forget(uint64_t nodeid, uint32_t new_log2, bool keep_map_slot);
 
   DispatcherOptions options_;
   UniqueFd prog_;
   UniqueFd index_;
   std::vector<UniqueFd> classes_;  // [log2 - min_log2_capacity]
+  UniqueFd arith_;                 // the ArithSlot table (one value of arith_slots slots)
+  MappedValue arith_value_;
+  std::vector<uint32_t> free_slots_;      // arithmetic table
+  std::vector<uint32_t> free_map_slots_;  // class arrays
   std::vector<bpf_insn> insns_;
   std::unordered_map<uint64_t, File> files_;
   std::list<uint64_t> lru_;  // front: most recently used

@@ -42,6 +42,7 @@ Result<FileProgram> FileProgram::BuildWith(const FileMap& map, uint64_t seq, Str
   p.seq_ = seq;
   if (strategy == Strategy::kMapSearch) {
     uint64_t t0 = NowNs();
+    if (!MapLayout::Encodable(map)) return Unexpected(E2BIG);
     p.layout_ = MapLayout::ForIntervals(map.intervals.size());
     if (p.layout_.value_bytes() > UINT32_MAX) return Unexpected(E2BIG);
     IOMAPFS_ASSIGN_OR_RETURN(
@@ -72,7 +73,10 @@ Result<FileProgram> FileProgram::BuildWith(const FileMap& map, uint64_t seq, Str
 
 Result<void> FileProgram::UpdateInPlace(const FileMap& map) {
   if (strategy_ != Strategy::kMapSearch || map.nodeid != nodeid_) return Unexpected(EINVAL);
-  if (map.intervals.size() > layout_.capacity) return Unexpected(ENOSPC);
+  if (map.intervals.size() > layout_.capacity || !MapLayout::Encodable(map) ||
+      !ImageMatches(value_.data(), map)) {
+    return Unexpected(ENOSPC);
+  }
   PublishImage(map, layout_, value_.data());
   return {};
 }

@@ -41,7 +41,7 @@ class FileProgram {
   // Rewrites the map in place with `map` (same node id) without reloading: the new extents go to
   // the inactive buffer, then the buffers flip.
   // Errors: EINVAL not a kMapSearch program or another node id; ENOSPC more intervals than the
-  // map's capacity (rebuild instead).
+  // map's capacity, another block size or device, or not MapLayout::Encodable (rebuild instead).
   Result<void> UpdateInPlace(const FileMap& map);
 
   // Runs the program once through BPF_PROG_TEST_RUN (kSyscall programs).

@@ -16,6 +16,8 @@ Result<UniqueFd> LoadProgram(std::span<const bpf_insn> insns, const LoadOptions&
   opts.prog_flags = options.sleepable ? BPF_F_SLEEPABLE : 0;
   opts.attach_btf_id = options.attach_btf_id;
   opts.expected_attach_type = static_cast<bpf_attach_type>(options.expected_attach_type);
+  opts.attach_btf_obj_fd = static_cast<uint32_t>(options.attach_btf_obj_fd);
+  opts.fd_array = options.fd_array.empty() ? nullptr : options.fd_array.data();
   int fd = bpf_prog_load(options.type, options.name, "GPL", insns.data(), insns.size(), &opts);
   if (fd >= 0) return UniqueFd(fd);
   int err = errno;
@@ -26,6 +28,8 @@ Result<UniqueFd> LoadProgram(std::span<const bpf_insn> insns, const LoadOptions&
     again.prog_flags = opts.prog_flags;
     again.attach_btf_id = opts.attach_btf_id;
     again.expected_attach_type = opts.expected_attach_type;
+    again.attach_btf_obj_fd = opts.attach_btf_obj_fd;
+    again.fd_array = opts.fd_array;
     again.log_buf = buf.data();
     again.log_size = static_cast<uint32_t>(buf.size());
     again.log_level = 1;

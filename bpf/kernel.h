@@ -22,9 +22,13 @@ struct LoadOptions {
   bpf_prog_type type = BPF_PROG_TYPE_SYSCALL;
   bool sleepable = true;
   const char* name = "iomapfs";  // at most 15 characters
-  // struct_ops only: the BTF id of the struct_ops type and the member index.
+  // struct_ops only: the BTF id of the struct_ops type and the member index; the fd of the
+  // module BTF object that holds the type (0: vmlinux).
   uint32_t attach_btf_id = 0;
   uint32_t expected_attach_type = 0;
+  int attach_btf_obj_fd = 0;
+  // The fds a kfunc call's `off` indexes (module BTF objects); empty: kfuncs are vmlinux's.
+  std::span<const int> fd_array;
 };
 
 // Loads `insns` through the verifier and the JIT.

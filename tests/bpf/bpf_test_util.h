@@ -72,6 +72,24 @@ inline std::vector<iomap::Mapping> RandomMappings(size_t n, uint64_t seed,
   return out;
 }
 
+// `count` extents of `len` bytes at first + k * stride, device addresses addr0 + k * addr_stride.
+inline std::vector<iomap::Mapping> StrideFile(uint64_t first, uint64_t len, uint64_t stride,
+                                              uint64_t count, uint64_t addr0, int64_t addr_stride,
+                                              iomap::MappingType type = iomap::MappingType::kMapped,
+                                              uint16_t flags = 0) {
+  std::vector<iomap::Mapping> out;
+  for (uint64_t k = 0; k < count; ++k) {
+    iomap::Mapping m;
+    m.offset = first + k * stride;
+    m.length = len;
+    m.addr = addr0 + k * static_cast<uint64_t>(addr_stride);
+    m.type = type;
+    m.flags = flags;
+    out.push_back(m);
+  }
+  return out;
+}
+
 // Positions to probe: every interval boundary (start, start - 1, last byte, end), `random`
 // uniform positions up to 1.06 x the last data end, and special values.
 inline std::vector<uint64_t> ProbePositions(const FileMap& map, size_t random, uint64_t seed) {

@@ -12,6 +12,7 @@ namespace {
 using testing::CheckAgainstReference;
 using testing::GenOptions;
 using testing::RandomMappings;
+using testing::StrideFile;
 
 constexpr size_t kRandomProbes = 10000;
 
@@ -82,21 +83,6 @@ TEST(CodegenKernel, LargePhysicalAddressesAndNodeIds) {
   FileMap map = MakeMap(ms, (1ull << 35) + 3);
   BuildAndCheck(map, Strategy::kTree, (1ull << 40) + 1);
   BuildAndCheck(map, Strategy::kMapSearch, 1ull << 33);
-}
-
-std::vector<iomap::Mapping> StrideFile(uint64_t first, uint64_t len, uint64_t stride,
-                                       uint64_t count, uint64_t addr0, int64_t addr_stride,
-                                       iomap::MappingType type = iomap::MappingType::kMapped) {
-  std::vector<iomap::Mapping> out;
-  for (uint64_t k = 0; k < count; ++k) {
-    iomap::Mapping m;
-    m.offset = first + k * stride;
-    m.length = len;
-    m.addr = addr0 + k * static_cast<uint64_t>(addr_stride);
-    m.type = type;
-    out.push_back(m);
-  }
-  return out;
 }
 
 TEST(CodegenKernel, StrideFilesCompileToArithmetic) {

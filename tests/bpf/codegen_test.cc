@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <bit>
+#include <cstring>
 
 #include "bpf/assembler.h"
 #include "bpf/file_map.h"
@@ -110,15 +111,15 @@ constexpr const char* kGoldenTwoExtentTree = R"(     0: r6 = r1
 
 constexpr const char* kGoldenTwoExtentMapSearch = R"(     0: r6 = r1
      1: r2 = *(u64 *)(r6 +0)
-     2: if r2 != 0xc goto +82 <85>
+     2: if r2 != 0xc goto +143 <146>
      3: r2 = *(u64 *)(r6 +32)
-     4: if r2 != 3 goto +80 <85>
+     4: if r2 != 3 goto +141 <146>
      5: r7 = *(u64 *)(r6 +8)
      6: r8 = *(u32 *)(r6 +24)
      7: r1 = r7
      8: r1 >>= 0x3e
-     9: if r1 != 0 goto +75 <85>
-    10: if r8 & 0x40000200 goto +74 <85>
+     9: if r1 != 0 goto +136 <146>
+    10: if r8 & 0x40000200 goto +135 <146>
     11: r8 &= -2147483517
     12: r1 = map[fd:42][0]+0
     14: *(u64 *)(r10 -8) = r1
@@ -126,74 +127,135 @@ constexpr const char* kGoldenTwoExtentMapSearch = R"(     0: r6 = r1
     16: r2 = r9
     17: r2 >>= 1
     18: r2 &= 1
-    19: r2 *= 0xc0
-    20: r1 += 0x40
-    21: r1 += r2
-    22: w2 = 0
-    23: r0 = r7
-    24: r0 += 1
-    25: r4 = r2
-    26: r4 <<= 6
-    27: r4 += r1
-    28: r2 <<= 3
-    29: r3 = *(u64 *)(r4 +8)
-    30: r3 -= r0
-    31: r3 >>= 0x3f
-    32: r2 += r3
-    33: r3 = *(u64 *)(r4 +16)
-    34: r3 -= r0
-    35: r3 >>= 0x3f
-    36: r2 += r3
-    37: r3 = *(u64 *)(r4 +24)
-    38: r3 -= r0
-    39: r3 >>= 0x3f
-    40: r2 += r3
-    41: r3 = *(u64 *)(r4 +32)
-    42: r3 -= r0
-    43: r3 >>= 0x3f
-    44: r2 += r3
-    45: r3 = *(u64 *)(r4 +40)
-    46: r3 -= r0
-    47: r3 >>= 0x3f
-    48: r2 += r3
-    49: r3 = *(u64 *)(r4 +48)
-    50: r3 -= r0
-    51: r3 >>= 0x3f
-    52: r2 += r3
-    53: r3 = *(u64 *)(r4 +56)
-    54: r3 -= r0
-    55: r3 >>= 0x3f
-    56: r2 += r3
-    57: r2 &= 3
-    58: r5 = r2
-    59: r5 <<= 5
-    60: r5 += r1
-    61: r5 += 0x40
-    62: r2 = *(u64 *)(r5 +0)
-    63: r3 = *(u64 *)(r5 +8)
-    64: r4 = *(u64 *)(r5 +16)
-    65: r5 = *(u64 *)(r5 +24)
-    66: r1 = *(u64 *)(r10 -8)
-    67: r1 = *(u64 *)(r1 +0)
-    68: r9 &= -2
-    69: r1 -= r9
-    70: if r1 > 2 goto +14 <85>
-    71: if r8 == 0 goto +3 <75>
-    72: r1 = r5
-    73: r1 &= 0xffff
-    74: if r1 != 2 goto +10 <85>
-    75: *(u64 *)(r6 +40) = r2
-    76: *(u64 *)(r6 +48) = r3
-    77: *(u64 *)(r6 +56) = r4
-    78: *(u64 *)(r6 +64) = r5
-    79: *(u64 *)(r6 +72) = r2
-    80: *(u64 *)(r6 +80) = r3
-    81: *(u64 *)(r6 +88) = -1
-    82: *(u64 *)(r6 +96) = 0xff
-    83: w0 = 1
-    84: exit
-    85: w0 = 0
-    86: exit
+    19: r2 *= 0x100
+    20: r0 = r7
+    21: r0 >>= 0xc
+    22: r3 = r0
+    23: r3 >>= 0x20
+    24: r3 *= -1
+    25: r3 s>>= 0x3f
+    26: r0 |= r3
+    27: w0 &= 0xffffffff
+    28: r1 += 0x40
+    29: r1 += r2
+    30: w2 = 0
+    31: r4 = r1
+    32: r2 <<= 4
+    33: w5 = 0
+    34: r3 = *(u32 *)(r4 +16)
+    35: r3 -= r0
+    36: r3 >>= 0x3f
+    37: r2 += r3
+    38: r3 = *(u32 *)(r4 +32)
+    39: r3 -= r0
+    40: r3 >>= 0x3f
+    41: r5 += r3
+    42: r3 = *(u32 *)(r4 +48)
+    43: r3 -= r0
+    44: r3 >>= 0x3f
+    45: r2 += r3
+    46: r3 = *(u32 *)(r4 +64)
+    47: r3 -= r0
+    48: r3 >>= 0x3f
+    49: r5 += r3
+    50: r3 = *(u32 *)(r4 +80)
+    51: r3 -= r0
+    52: r3 >>= 0x3f
+    53: r2 += r3
+    54: r3 = *(u32 *)(r4 +96)
+    55: r3 -= r0
+    56: r3 >>= 0x3f
+    57: r5 += r3
+    58: r3 = *(u32 *)(r4 +112)
+    59: r3 -= r0
+    60: r3 >>= 0x3f
+    61: r2 += r3
+    62: r3 = *(u32 *)(r4 +128)
+    63: r3 -= r0
+    64: r3 >>= 0x3f
+    65: r5 += r3
+    66: r3 = *(u32 *)(r4 +144)
+    67: r3 -= r0
+    68: r3 >>= 0x3f
+    69: r2 += r3
+    70: r3 = *(u32 *)(r4 +160)
+    71: r3 -= r0
+    72: r3 >>= 0x3f
+    73: r5 += r3
+    74: r3 = *(u32 *)(r4 +176)
+    75: r3 -= r0
+    76: r3 >>= 0x3f
+    77: r2 += r3
+    78: r3 = *(u32 *)(r4 +192)
+    79: r3 -= r0
+    80: r3 >>= 0x3f
+    81: r5 += r3
+    82: r3 = *(u32 *)(r4 +208)
+    83: r3 -= r0
+    84: r3 >>= 0x3f
+    85: r2 += r3
+    86: r3 = *(u32 *)(r4 +224)
+    87: r3 -= r0
+    88: r3 >>= 0x3f
+    89: r5 += r3
+    90: r3 = *(u32 *)(r4 +240)
+    91: r3 -= r0
+    92: r3 >>= 0x3f
+    93: r2 += r3
+    94: r2 += r5
+    95: r2 &= 0xf
+    96: r5 = r2
+    97: r5 <<= 4
+    98: r5 += r1
+    99: r2 = *(u32 *)(r5 +0)
+   100: r3 = *(u32 *)(r5 +4)
+   101: r4 = *(u64 *)(r5 +8)
+   102: r1 = *(u64 *)(r10 -8)
+   103: r5 = *(u64 *)(r1 +0)
+   104: r9 &= -2
+   105: r5 -= r9
+   106: if r5 > 2 goto +39 <146>
+   107: r1 = *(u32 *)(r1 +36)
+   108: r1 <<= 0x20
+   109: w2 += 1
+   110: r2 <<= 0xc
+   111: r3 <<= 0xc
+   112: if r3 != 0 goto +3 <116>
+   113: r3 = -1
+   114: r3 <<= 0xc
+   115: r3 -= r2
+   116: r5 = r4
+   117: r5 &= 3
+   118: r9 = r5
+   119: r9 -= 1
+   120: r9 s>>= 0x3f
+   121: r0 = r9
+   122: r0 ^= -1
+   123: r1 &= r0
+   124: r5 |= r1
+   125: r0 = r4
+   126: r0 >>= 2
+   127: r0 &= 0xff
+   128: r0 <<= 0x10
+   129: r5 |= r0
+   130: r4 &= -1024
+   131: r4 |= r9
+   132: if r8 == 0 goto +3 <136>
+   133: r1 = r5
+   134: r1 &= 0xffff
+   135: if r1 != 2 goto +10 <146>
+   136: *(u64 *)(r6 +40) = r2
+   137: *(u64 *)(r6 +48) = r3
+   138: *(u64 *)(r6 +56) = r4
+   139: *(u64 *)(r6 +64) = r5
+   140: *(u64 *)(r6 +72) = r2
+   141: *(u64 *)(r6 +80) = r3
+   142: *(u64 *)(r6 +88) = -1
+   143: *(u64 *)(r6 +96) = 0xff
+   144: w0 = 1
+   145: exit
+   146: w0 = 0
+   147: exit
 )";
 
 const Mapping kA{0, 8192, 1 << 20, MappingType::kMapped, 0};
@@ -339,53 +401,105 @@ TEST(DetectStride, ExactOnly) {
   EXPECT_FALSE(DetectStride(*BuildFileMap(1, 4096, 7, ms), &s));
 }
 
-// The descent the program emits, in C++ over the image: at the leaves it lands on FindInterval.
-size_t Descend(const MapLayout& l, const uint8_t* buf, uint64_t pos) {
+// The descent the program emits, in C++ over the image: at the records it lands on FindInterval.
+size_t Descend(const MapLayout& l, const uint8_t* buf, uint32_t block_bits, uint64_t pos) {
+  const uint64_t p = std::min<uint64_t>(pos >> block_bits, MapLayout::kPadKey);
   uint64_t i = 0;
   for (const MapLayout::Level& level : l.Levels()) {
     EXPECT_LT(i, level.nodes);
-    const auto* keys = reinterpret_cast<const uint64_t*>(buf + level.offset) + i * 8;
-    EXPECT_LE(keys[0], pos);
-    i *= 8;
-    for (int j = 1; j < 8; ++j) i += keys[j] <= pos ? 1 : 0;
+    const auto* keys = reinterpret_cast<const uint32_t*>(buf + level.offset) + i * 16;
+    i *= 16;
+    for (int j = 1; j < 16; ++j) i += keys[j] < p ? 1 : 0;
   }
+  EXPECT_LT(i, l.groups());
+  const auto* recs = reinterpret_cast<const uint32_t*>(buf + l.tree_bytes()) + i * 16 * 4;
+  EXPECT_TRUE(i == 0 || recs[0] < p);  // the group reached starts at or before pos
+  i *= 16;
+  for (int j = 1; j < 16; ++j) i += recs[j * 4] < p ? 1 : 0;
   return i;
 }
 
+// The record the program decodes for sorted index i, in C++.
+IomapIo DecodeRecord(const MapLayout& l, const uint8_t* buf, uint32_t block_bits, uint32_t dev,
+                     size_t i) {
+  const uint8_t* r = buf + l.tree_bytes() + i * MapLayout::kRecordBytes;
+  uint32_t key, len;
+  uint64_t word;
+  std::memcpy(&key, r, 4);
+  std::memcpy(&len, r + 4, 4);
+  std::memcpy(&word, r + 8, 8);
+  IomapIo io;
+  io.offset = uint64_t{static_cast<uint32_t>(key + 1)} << block_bits;
+  io.length = len != 0 ? uint64_t{len} << block_bits : (~0ull << block_bits) - io.offset;
+  io.type = word & 3;
+  io.flags = (word >> 2) & 0xff;
+  io.addr = io.type == 0 ? iomap::kNullAddr : word & ~0x3ffull;
+  io.dev = io.type == 0 ? 0 : dev;
+  return io;
+}
+
 TEST(MapImage, LevelsAreCacheLinesAndPowersOfTwo) {
-  for (uint32_t cap : {2u, 4u, 8u, 16u, 64u, 128u, 1024u, 1u << 16, 1u << 17}) {
+  for (uint32_t cap : {16u, 32u, 64u, 256u, 512u, 1024u, 4096u, 1u << 16, 1u << 17}) {
     MapLayout l;
     l.capacity = cap;
     auto levels = l.Levels();
-    EXPECT_EQ(levels.front().nodes, 1u) << cap;
-    EXPECT_EQ(levels.back().nodes, std::max(1u, cap / 8)) << cap;
+    EXPECT_EQ(levels.empty(), cap == 16) << cap;
+    if (!levels.empty()) {
+      EXPECT_EQ(levels.front().nodes, 1u) << cap;
+      EXPECT_EQ(levels.back().nodes, std::max(1u, cap / 256)) << cap;
+      EXPECT_EQ(levels.back().width, 16u) << cap;
+    }
     uint64_t offset = 0;
     for (size_t k = 0; k < levels.size(); ++k) {
       EXPECT_EQ(levels[k].offset, offset);
       EXPECT_TRUE(std::has_single_bit(levels[k].nodes));
-      if (k > 0) EXPECT_LE(levels[k].nodes, levels[k - 1].nodes * 8);
+      if (k > 0) {
+        EXPECT_LE(levels[k].nodes, levels[k - 1].nodes * 16);
+      }
       offset += levels[k].nodes * 64;
     }
     EXPECT_EQ(l.tree_bytes(), offset);
     EXPECT_EQ((MapLayout::kHeaderBytes + l.buffer_bytes()) % 64, 0u);  // both trees line-aligned
+    EXPECT_EQ(l.tree_bytes() % 64, 0u);                                // groups line-aligned
   }
   MapLayout l;
   l.capacity = 1u << 16;
-  EXPECT_EQ(l.Levels().size(), 6u);  // 8192 leaves: 6 cache lines per lookup
+  EXPECT_EQ(l.Levels().size(), 3u);  // 4096 groups: 3 index lines and one group per lookup
+  EXPECT_EQ(MapLayout::ForIntervals(3).capacity, MapLayout::kMinCapacity);
 }
 
-TEST(MapImage, DescentFindsTheInterval) {
-  for (size_t n : {1, 3, 7, 8, 9, 60, 300, 3000}) {
-    auto map = *BuildFileMap(1, 4096, 7, testing::RandomMappings(n, n));
-    MapLayout l = MapLayout::ForIntervals(map.intervals.size());
-    std::vector<uint8_t> v(l.value_bytes());
-    WriteInitialImage(map, l, v.data());
-    for (uint64_t pos : testing::ProbePositions(map, 2000, 3)) {
-      if (pos >= kPosLimit) continue;
-      ASSERT_EQ(Descend(l, v.data() + MapLayout::kHeaderBytes, pos), FindInterval(map, pos))
-          << n << " " << pos;
+TEST(MapImage, DescentFindsTheIntervalAndItsRecordDecodes) {
+  for (uint32_t bs : {4096u, 1024u, 65536u}) {
+    testing::GenOptions o;
+    o.block_size = bs;
+    for (size_t n : {1, 3, 7, 8, 9, 15, 16, 60, 300, 3000, 20000}) {
+      auto ms = testing::RandomMappings(n, n, o);
+      for (size_t k = 0; k < ms.size(); k += 3) ms[k].flags = k % 0x100;  // flags survive
+      auto map = *BuildFileMap(1, bs, 7, ms);
+      ASSERT_TRUE(MapLayout::Encodable(map));
+      MapLayout l = MapLayout::ForIntervals(map.intervals.size());
+      std::vector<uint8_t> v(l.value_bytes());
+      WriteInitialImage(map, l, v.data());
+      ASSERT_TRUE(ImageMatches(v.data(), map));
+      const uint8_t* buf = v.data() + MapLayout::kHeaderBytes;
+      const uint32_t bits = std::countr_zero(bs);
+      for (uint64_t pos : testing::ProbePositions(map, 2000, 3)) {
+        if (pos >= kPosLimit) continue;
+        const size_t want = FindInterval(map, pos);
+        ASSERT_EQ(Descend(l, buf, bits, pos), want) << n << " " << pos;
+        ASSERT_EQ(DecodeRecord(l, buf, bits, 7, want), ReadSlot(map, map.intervals[want]))
+            << n << " " << pos;
+      }
     }
   }
+  // Another block size or device: not the same image.
+  auto map = *BuildFileMap(1, 4096, 7, testing::RandomMappings(5, 1));
+  MapLayout l = MapLayout::ForIntervals(map.intervals.size());
+  std::vector<uint8_t> v(l.value_bytes());
+  WriteInitialImage(map, l, v.data());
+  FileMap other_dev = map;
+  other_dev.dev = 8;
+  EXPECT_FALSE(ImageMatches(v.data(), other_dev));
 }
 
 TEST(MapImage, PublishFlipsBuffers) {
@@ -396,18 +510,19 @@ TEST(MapImage, PublishFlipsBuffers) {
   WriteInitialImage(a, l, v.data());
   auto seq = [&] { return *reinterpret_cast<uint64_t*>(v.data()); };
   auto key = [&](int buf, size_t i) {
-    return reinterpret_cast<uint64_t*>(v.data() + MapLayout::kHeaderBytes +
+    return reinterpret_cast<uint32_t*>(v.data() + MapLayout::kHeaderBytes +
                                        buf * l.buffer_bytes())[i];
   };
-  // Leaf keys are the sorted starts.
-  auto slot = [&](size_t rank) { return l.Levels().back().offset / 8 + rank; };
+  // Record keys are the sorted starts (in blocks, minus 1).
+  auto slot = [&](size_t rank) { return l.tree_bytes() / 4 + rank * 4; };
+  auto blk = [](const FileMap& m, size_t i) { return m.intervals[i].offset / 4096 - 1; };
   EXPECT_EQ(seq(), 0u);
-  EXPECT_EQ(key(0, slot(1)), a.intervals[1].offset);
-  EXPECT_EQ(key(0, slot(a.intervals.size())), kPosLimit);
+  EXPECT_EQ(key(0, slot(1)), blk(a, 1));
+  EXPECT_EQ(key(0, slot(a.intervals.size())), MapLayout::kPadKey);
   PublishImage(b, l, v.data());
   EXPECT_EQ(seq(), 2u);
-  EXPECT_EQ(key(1, slot(1)), b.intervals[1].offset);
-  EXPECT_EQ(key(0, slot(1)), a.intervals[1].offset);  // the old buffer is untouched
+  EXPECT_EQ(key(1, slot(1)), blk(b, 1));
+  EXPECT_EQ(key(0, slot(1)), blk(a, 1));  // the old buffer is untouched
   PublishImage(a, l, v.data());
   EXPECT_EQ(seq(), 4u);
 }

@@ -1,8 +1,14 @@
 // The per-connection dispatcher: why not tail calls, lookups through map-in-map for several
-// files, replacement without touching other files, removal, staleness, budget and LRU eviction.
+// files, replacement without touching other files, removal, staleness, budget and LRU eviction,
+// files computed from their slot (one extent or an exact stride) and their in-place updates.
 #include "bpf/dispatcher.h"
 
+#include <bpf/bpf.h>
 #include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
 
 #include "bpf/assembler.h"
 #include "tests/bpf/bpf_test_util.h"
@@ -123,6 +129,197 @@ TEST(DispatcherKernel, BudgetEvictsLeastRecentlyUsed) {
   auto d3 = Dispatcher::Create(tiny, &reason);
   ASSERT_TRUE(d3.has_value());
   EXPECT_EQ(d3->Install(*BuildFileMap(7, 4096, 3, testing::RandomMappings(500, 1))).error(), E2BIG);
+}
+
+using testing::StrideFile;
+
+// A BPF hash map may recycle an element that a lookup still holds, so the index entry a reader
+// sees for node A may be one written for node B. The map or slot it names records its node id,
+// and the dispatcher falls back instead of answering B's mapping for A.
+TEST(DispatcherKernel, AnEntryNamingAnotherNodesFileFallsBack) {
+  IOMAPFS_REQUIRE_BPF();
+  std::string reason;
+  auto d = Dispatcher::Create(DispatcherOptions{}, &reason);
+  ASSERT_TRUE(d.has_value()) << reason;
+  FileMap mapped = *BuildFileMap(21, 4096, 3, testing::RandomMappings(300, 1));
+  FileMap computed = *BuildFileMap(22, 4096, 3, StrideFile(0, 4096, 8192, 100, 1 << 20, 8192));
+  ASSERT_TRUE(d->Install(mapped).has_value());
+  ASSERT_TRUE(d->Install(computed).has_value());
+  ASSERT_TRUE(d->IsArithmetic(22));
+  for (const FileMap* f : {&mapped, &computed}) {
+    DispatchEntry e;
+    ASSERT_EQ(bpf_map_lookup_elem(d->index_fd(), &f->nodeid, &e), 0);
+    const uint64_t stranger = 23;
+    ASSERT_EQ(bpf_map_update_elem(d->index_fd(), &stranger, &e, BPF_ANY), 0);
+    for (uint64_t pos : testing::ProbePositions(*f, 200, 5)) {
+      BeginCtx c;
+      c.nodeid = stranger;
+      c.pos = pos;
+      auto got = d->Run(c);
+      ASSERT_TRUE(got.has_value());
+      ASSERT_EQ(got->ret, kFibFallback) << f->nodeid << " pos " << pos << ": " << ToString(*got);
+    }
+    EXPECT_EQ(CheckDispatch(*d, *f, 200), 0u);  // the owner still answers
+  }
+}
+
+// The stride shapes of the arithmetic strategy (codegen_kernel_test.cc), as files of node id
+// `base + i`.
+std::vector<FileMap> StrideFiles(uint64_t base) {
+  struct Case {
+    uint64_t first, len, stride, count, addr0;
+    int64_t addr_stride;
+    iomap::MappingType type;
+    uint16_t flags;
+  } cases[] = {
+      {0, 4096, 8192, 1000, 1 << 20, 12288, iomap::MappingType::kMapped, 0},  // power of two
+      {4096 * 5, 4096 * 3, 4096 * 7, 5000, 1 << 24, 4096 * 9, iomap::MappingType::kMapped,
+       0},                                                                               // division
+      {0, 65536, 65536, 300, 1ull << 36, -(65536 * 2), iomap::MappingType::kMapped, 0},  // back
+      {1ull << 40, 4096, 1ull << 33, 100, 1 << 20, 4096, iomap::MappingType::kMapped, 0},
+      {8192, 4096 * 10, 4096 * 10, 1, 1 << 20, 0, iomap::MappingType::kMapped, 0},  // one extent
+      {0, 1ull << 30, 1ull << 30, 1, 1ull << 33, 0, iomap::MappingType::kMapped, 0},
+      {0, 4096, 8192, 64, 1 << 20, 8192, iomap::MappingType::kUnwritten, 0},  // writes fall back
+      {4096, 8192, 16384, 50, 1 << 22, 16384, iomap::MappingType::kMapped, 0x20},  // flags kept
+  };
+  std::vector<FileMap> out;
+  for (const Case& c : cases) {
+    out.push_back(*BuildFileMap(
+        base + out.size(), 4096, 3,
+        StrideFile(c.first, c.len, c.stride, c.count, c.addr0, c.addr_stride, c.type, c.flags)));
+  }
+  return out;
+}
+
+// Files of one extent or an exact stride get no map: the dispatcher computes their mapping from
+// their slot, equal to the reference at random positions, every boundary and past EOF.
+TEST(DispatcherKernel, StrideFilesAreComputedWithoutAMap) {
+  IOMAPFS_REQUIRE_BPF();
+  std::string reason;
+  auto d = Dispatcher::Create(DispatcherOptions{}, &reason);
+  ASSERT_TRUE(d.has_value()) << reason;
+  std::vector<FileMap> files = StrideFiles(200);
+  for (const FileMap& f : files) {
+    StrideShape shape;
+    ASSERT_TRUE(DetectStride(f, &shape)) << f.nodeid;
+    ASSERT_TRUE(d->Install(f).has_value());
+    EXPECT_TRUE(d->IsArithmetic(f.nodeid)) << f.nodeid;
+  }
+  EXPECT_EQ(d->map_bytes(), 0u);
+  EXPECT_EQ(d->stats().arithmetic, files.size());
+  // Next to files with maps.
+  FileMap irregular = *BuildFileMap(300, 4096, 3, testing::RandomMappings(700, 9));
+  ASSERT_TRUE(d->Install(irregular).has_value());
+  EXPECT_FALSE(d->IsArithmetic(300));
+  for (const FileMap& f : files) EXPECT_EQ(CheckDispatch(*d, f, 5000), 0u) << f.nodeid;
+  EXPECT_EQ(CheckDispatch(*d, irregular, 1000), 0u);
+
+  // A file that stops being a stride gets a map and a new sequence number; back to a stride, it
+  // is computed again. The others do not move.
+  const uint64_t seq0 = d->SeqOf(200);
+  std::vector<iomap::Mapping> ms = StrideFile(0, 4096, 8192, 1000, 1 << 20, 12288);
+  ms.push_back({1000 * 8192 + 4096, 4096, 1 << 30, iomap::MappingType::kMapped, 0});
+  FileMap broken = *BuildFileMap(200, 4096, 3, ms);
+  ASSERT_TRUE(d->Install(broken).has_value());
+  EXPECT_FALSE(d->IsArithmetic(200));
+  EXPECT_GT(d->SeqOf(200), seq0);
+  EXPECT_GT(d->map_bytes(), 0u);
+  EXPECT_EQ(CheckDispatch(*d, broken, 3000), 0u);
+  EXPECT_EQ(CheckDispatch(*d, files[1], 1000), 0u);
+  ASSERT_TRUE(d->Install(files[0]).has_value());
+  EXPECT_TRUE(d->IsArithmetic(200));
+  EXPECT_EQ(CheckDispatch(*d, files[0], 3000), 0u);
+  // Same shape kind again: rewritten in place, same sequence number.
+  const uint64_t seq1 = d->SeqOf(201);
+  const uint64_t in_place = d->stats().in_place_updates;
+  FileMap moved = *BuildFileMap(201, 4096, 3, StrideFile(4096, 4096, 12288, 4000, 1 << 26, 4096));
+  ASSERT_TRUE(d->Install(moved).has_value());
+  EXPECT_EQ(d->SeqOf(201), seq1);
+  EXPECT_EQ(d->stats().in_place_updates, in_place + 1);
+  EXPECT_EQ(CheckDispatch(*d, moved, 3000), 0u);
+  // Removed: falls back.
+  EXPECT_TRUE(d->Remove(202));
+  EXPECT_EQ(CheckDispatch(*d, files[2], 200), 0u);
+}
+
+TEST(DispatcherKernel, SlotsRunOutThenComeBack) {
+  IOMAPFS_REQUIRE_BPF();
+  DispatcherOptions o;
+  o.arith_slots = 2;
+  std::string reason;
+  auto d = Dispatcher::Create(o, &reason);
+  ASSERT_TRUE(d.has_value()) << reason;
+  std::vector<FileMap> files = StrideFiles(400);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(d->Install(files[i]).has_value());
+  EXPECT_TRUE(d->IsArithmetic(400));
+  EXPECT_TRUE(d->IsArithmetic(401));
+  EXPECT_FALSE(d->IsArithmetic(402));  // no slot left: a map instead
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(CheckDispatch(*d, files[i], 1000), 0u);
+  // A slot freed by a removal is reused; the removed file's lookups fall back, not read the
+  // slot's new owner.
+  ASSERT_TRUE(d->Remove(400));
+  ASSERT_TRUE(d->Install(files[3]).has_value());
+  EXPECT_TRUE(d->IsArithmetic(403));
+  EXPECT_EQ(CheckDispatch(*d, files[0], 500), 0u);  // absent: every answer a fallback
+  EXPECT_EQ(CheckDispatch(*d, files[3], 1000), 0u);
+  EXPECT_FALSE(Dispatcher::Create(DispatcherOptions{.arith_slots = 3}, &reason).has_value());
+}
+
+// In-place rewrites of a computed file's slot, and switches between computed and map search,
+// while lookups run: every answer is the old file's or the new file's (or a fallback), never a
+// mixture.
+TEST(DispatcherKernel, ConcurrentLookupsDuringUpdatesSeeOldOrNew) {
+  IOMAPFS_REQUIRE_BPF();
+  std::string reason;
+  auto d = Dispatcher::Create(DispatcherOptions{}, &reason);
+  ASSERT_TRUE(d.has_value()) << reason;
+  FileMap a = *BuildFileMap(9, 4096, 3, StrideFile(0, 4096, 8192, 3000, 1 << 20, 12288));
+  FileMap b = *BuildFileMap(9, 4096, 3, StrideFile(4096, 8192, 12288, 2000, 1 << 28, 8192));
+  FileMap c = *BuildFileMap(9, 4096, 3, testing::RandomMappings(1500, 4));
+  ASSERT_TRUE(d->Install(a).has_value());
+  for (bool switch_kind : {false, true}) {
+    const FileMap& other = switch_kind ? c : b;
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> updates{0};
+    std::thread writer([&] {
+      while (!stop.load()) {
+        ASSERT_TRUE(d->Install(other).has_value());
+        ASSERT_TRUE(d->Install(a).has_value());
+        updates += 2;
+      }
+    });
+    std::mt19937_64 rng(3);
+    const uint64_t span = 3000 * 8192 + 65536;
+    size_t from_a = 0, from_other = 0, fallbacks = 0, mixed = 0;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+    while (std::chrono::steady_clock::now() < deadline) {
+      BeginCtx ctx;
+      ctx.nodeid = 9;
+      ctx.pos = rng() % span;
+      auto got = d->Run(ctx);
+      ASSERT_TRUE(got.has_value());
+      if (*got == ReferenceAnswer(a, 0, ctx)) {
+        ++from_a;
+      } else if (*got == ReferenceAnswer(other, 0, ctx)) {
+        ++from_other;
+      } else if (got->ret == kFibFallback) {
+        ++fallbacks;
+      } else if (++mixed <= 3) {
+        ADD_FAILURE() << "pos " << ctx.pos << " got " << ToString(*got);
+      }
+    }
+    stop = true;
+    writer.join();
+    // A switch of kind creates a map (and waits for the kernel's map-in-map update): fewer.
+    const size_t enough = switch_kind ? 10 : 100;
+    EXPECT_EQ(mixed, 0u);
+    EXPECT_GT(from_a, enough);
+    EXPECT_GT(from_other, enough);
+    EXPECT_GT(updates.load(), enough);
+    std::printf("%s: %zu old, %zu new, %zu fallback; %llu updates\n",
+                switch_kind ? "computed <-> map search" : "slot rewrites", from_a, from_other,
+                fallbacks, static_cast<unsigned long long>(updates.load()));
+  }
 }
 
 }  // namespace
