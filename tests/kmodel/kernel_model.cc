@@ -38,6 +38,10 @@ std::string OpName(uint32_t op) {
       return "OPEN";
     case abi::FUSE_READ:
       return "READ";
+    case abi::FUSE_WRITE:
+      return "WRITE";
+    case abi::FUSE_COPY_FILE_RANGE_64:
+      return "COPY_FILE_RANGE_64";
     case abi::FUSE_RELEASE:
       return "RELEASE";
     case abi::FUSE_FSYNC:
@@ -155,7 +159,8 @@ std::string ModelCounters::Format() const {
        "; bpf hits=" + std::to_string(bpf_hits) + " fallbacks=" + std::to_string(bpf_fallbacks) +
        "; retry_cache=" + std::to_string(retry_cache) + " upserts=" + std::to_string(upserts) +
        " rejected_upserts=" + std::to_string(upsert_rejects) + " invals=" + std::to_string(invals) +
-       " rejected_replies=" + std::to_string(rejected_replies);
+       " rejected_replies=" + std::to_string(rejected_replies) +
+       " inline_writes=" + std::to_string(inline_writes);
   return s;
 }
 
@@ -877,14 +882,7 @@ Result<void> KernelModel::ReadStorage(Inode& in, uint64_t pos, std::span<std::by
         std::memset(dst.data(), 0, dst.size());
         break;
       case abi::FUSE_IOMAP_TYPE_INLINE: {
-        // §9 (newest snapshot): FUSE_READ of the whole mapping, by nodeid, no file handle.
-        abi::fuse_read_in rin{};
-        rin.offset = m.offset;
-        rin.size = static_cast<uint32_t>(m.length);
-        IOMAPFS_ASSIGN_OR_RETURN(std::vector<std::byte> data,
-                                 Call(abi::FUSE_READ, in.nodeid, Bytes(rin)));
-        if (data.empty()) return Unexpected(EIO);
-        data.resize(m.length);  // past the reply: zeros
+        IOMAPFS_ASSIGN_OR_RETURN(std::vector<std::byte> data, InlineRead(in, m));
         std::memcpy(dst.data(), data.data() + (p - m.offset), dst.size());
         break;
       }
@@ -960,7 +958,10 @@ Result<std::vector<std::byte>*> KernelModel::DirtyBlock(Inode& in, uint64_t blk,
       (src.flags & abi::FUSE_IOMAP_F_NEW) == 0) {
     IOMAPFS_TRY(DeviceRead(src, pos, buf));
   } else if (covers && src.type == abi::FUSE_IOMAP_TYPE_INLINE) {
-    return Unexpected(EOPNOTSUPP);  // inline writes are not modelled
+    // An out-of-place write whose source is INLINE: read-before-write with FUSE_READ (§9).
+    IOMAPFS_ASSIGN_OR_RETURN(std::vector<std::byte> data, InlineRead(in, src));
+    std::memcpy(buf.data(), data.data() + (pos - src.offset),
+                std::min<uint64_t>(buf.size(), src.offset + src.length - pos));
   }
   return &in.dirty.emplace(blk, std::move(buf)).first->second;
 }
@@ -978,6 +979,20 @@ Result<void> KernelModel::ZeroRange(Inode& in, uint64_t from, uint64_t to) {
       // Zeroing skips holes and unwritten extents: they read as zeros already.
       if (m.type == abi::FUSE_IOMAP_TYPE_HOLE || m.type == abi::FUSE_IOMAP_TYPE_UNWRITTEN) {
         p = std::min(to, m.offset + m.length);
+        continue;
+      }
+      if (m.type == abi::FUSE_IOMAP_TYPE_INLINE) {
+        // iomap zeroes through the buffered write path (write_begin/write_end), so zeroing an
+        // INLINE destination is "a write into an INLINE destination" (§9): read-before-write,
+        // then FUSE_WRITE of the zeros. UNCERTAIN: §9 does not name zeroing; the model never
+        // zeroes inline bytes past i_size this way (a FUSE_WRITE there would extend the file).
+        const uint64_t zstop = std::min({stop, m.offset + m.length, std::max(in.size, p)});
+        if (zstop > p) {
+          IOMAPFS_TRY(InlineRead(in, src));
+          std::vector<std::byte> zeros(zstop - p);
+          IOMAPFS_TRY(InlineWrite(in, m, p, zeros));
+        }
+        p = stop;
         continue;
       }
       IOMAPFS_ASSIGN_OR_RETURN(std::vector<std::byte> * page, DirtyBlock(in, blk, src));
@@ -1009,6 +1024,16 @@ Result<void> KernelModel::Write(uint64_t nodeid, uint64_t offset, std::span<cons
       IOMAPFS_ASSIGN_OR_RETURN(
           abi::fuse_iomap_io m,
           Begin(in, p, end - p, abi::FUSE_IOMAP_OP_WRITE | abi::FUSE_IOMAP_OP_DIRECT | extra));
+      if (m.type == abi::FUSE_IOMAP_TYPE_INLINE) {
+        // UNCERTAIN: §4.4 lists only MAPPED/UNWRITTEN for WRITE|DIRECT, while §9 says any write
+        // into an INLINE destination ends with FUSE_WRITE (mainline iomap's direct path copies
+        // into the inline buffer). The model takes the §9 write side, synchronously, with no
+        // IOEND and no END; the server must then persist the bytes itself.
+        const uint64_t stop = std::min(end, m.offset + m.length);
+        IOMAPFS_TRY(InlineWrite(in, m, p, data.subspan(p - offset, stop - p)));
+        p = stop;
+        continue;
+      }
       if (m.type != abi::FUSE_IOMAP_TYPE_MAPPED && m.type != abi::FUSE_IOMAP_TYPE_UNWRITTEN) {
         rejections_.push_back("direct write got a mapping of type " + std::to_string(m.type));
         return Unexpected(EIO);
@@ -1038,6 +1063,22 @@ Result<void> KernelModel::Write(uint64_t nodeid, uint64_t offset, std::span<cons
     abi::fuse_iomap_io src;
     IOMAPFS_ASSIGN_OR_RETURN(abi::fuse_iomap_io m,
                              Begin(in, p, end - p, abi::FUSE_IOMAP_OP_WRITE | extra, &src));
+    if (m.type == abi::FUSE_IOMAP_TYPE_INLINE) {
+      // §9, §4.4: the bytes go to the server with FUSE_WRITE now; the page stays clean (inline
+      // data never reaches writeback) and no END follows. The inline buffer is filled first
+      // (read-before-write, INLINE being the source). UNCERTAIN: §4.4's table does not list
+      // INLINE for buffered writes; the model follows §9 rather than failing the write.
+      const uint64_t stop = std::min(end, m.offset + m.length);
+      auto d = in.dirty.lower_bound(p / bs);
+      if (d != in.dirty.end() && d->first < RoundUp(stop, bs) / bs) {
+        rejections_.push_back("buffered write into an INLINE mapping over dirty page cache");
+        return Unexpected(EIO);
+      }
+      if (src.type == abi::FUSE_IOMAP_TYPE_INLINE) IOMAPFS_TRY(InlineRead(in, src));
+      IOMAPFS_TRY(InlineWrite(in, m, p, data.subspan(p - offset, stop - p)));
+      p = stop;
+      continue;
+    }
     if (m.type != abi::FUSE_IOMAP_TYPE_MAPPED && m.type != abi::FUSE_IOMAP_TYPE_UNWRITTEN &&
         m.type != abi::FUSE_IOMAP_TYPE_DELALLOC) {
       rejections_.push_back("buffered write got a mapping of type " + std::to_string(m.type));
@@ -1147,6 +1188,55 @@ void KernelModel::AfterWriteCompletion(Inode& in, uint64_t pos, uint64_t len) {
   in.cache.read.Remove(from, to - from);
   in.cache.write.Remove(from, to - from);
   in.cache.seq++;
+}
+
+Result<std::vector<std::byte>> KernelModel::InlineRead(Inode& in, const abi::fuse_iomap_io& m) {
+  // §9 (newest snapshot): FUSE_READ of the whole mapping, by nodeid, no file handle, into a
+  // buffer of the mapping's length (at most one block, §4.5).
+  abi::fuse_read_in rin{};
+  rin.offset = m.offset;
+  rin.size = static_cast<uint32_t>(m.length);
+  IOMAPFS_ASSIGN_OR_RETURN(std::vector<std::byte> data,
+                           Call(abi::FUSE_READ, in.nodeid, Bytes(rin)));
+  if (data.empty() || data.size() > m.length) {
+    rejections_.push_back("inline FUSE_READ answered " + std::to_string(data.size()) +
+                          " bytes for " + std::to_string(m.length));
+    return Unexpected(EIO);
+  }
+  data.resize(m.length);  // past the reply: zeros
+  return data;
+}
+
+Result<void> KernelModel::InlineWrite(Inode& in, const abi::fuse_iomap_io& m, uint64_t pos,
+                                      std::span<const std::byte> data) {
+  if (m.type != abi::FUSE_IOMAP_TYPE_INLINE || pos < m.offset ||
+      pos + data.size() > m.offset + m.length) {
+    rejections_.push_back("inline write outside its INLINE mapping");
+    return Unexpected(EIO);
+  }
+  counters_.inline_writes++;
+  // §9 (newest snapshot): FUSE_WRITE of [pos, pos + written), repeated while the reply is short.
+  for (size_t done = 0; done < data.size();) {
+    abi::fuse_write_in w{};
+    w.fh = 0;
+    w.offset = pos + done;
+    w.size = static_cast<uint32_t>(data.size() - done);
+    IOMAPFS_ASSIGN_OR_RETURN(std::vector<std::byte> r,
+                             Call(abi::FUSE_WRITE, in.nodeid, Bytes(w), data.subspan(done)));
+    abi::fuse_write_out out;
+    if (!Parse(r, &out)) return Unexpected(EIO);
+    if (out.size == 0 || out.size > w.size) {
+      rejections_.push_back("inline FUSE_WRITE answered " + std::to_string(out.size) +
+                            " bytes for " + std::to_string(w.size));
+      return Unexpected(EIO);
+    }
+    done += out.size;
+  }
+  const uint64_t end = pos + data.size();
+  in.size = std::max(in.size, end);
+  in.disk_size = std::max(in.disk_size, end);
+  if (options_.auto_inval) AfterWriteCompletion(in, pos, data.size());  // §12.5
+  return {};
 }
 
 Result<void> KernelModel::WritebackRange(Inode& in, uint64_t first_blk, uint64_t end_blk) {
@@ -1260,6 +1350,43 @@ Result<void> KernelModel::Punch(uint64_t nodeid, uint64_t fh, uint64_t offset, u
     IOMAPFS_TRY(ZeroRange(in, std::max(offset, lim / bs * bs), lim));
   }
   return {};
+}
+
+Result<uint64_t> KernelModel::CopyFileRange(uint64_t node_in, uint64_t fh_in, uint64_t off_in,
+                                            uint64_t node_out, uint64_t fh_out, uint64_t off_out,
+                                            uint64_t len) {
+  if (frozen_) return Unexpected(EAGAIN);  // the kernel would block in sb_start_write
+  Inode* src = Find(node_in);
+  Inode* dst = Find(node_out);
+  if (src == nullptr || dst == nullptr) return Unexpected(EBADF);
+  if (len == 0) return uint64_t{0};
+  const uint64_t bs = block_size_;
+  // The server copies storage: both ranges are written back first (fuse_copy_file_range).
+  IOMAPFS_TRY(WritebackRange(*src, off_in / bs, RoundUp(off_in + len, bs) / bs));
+  IOMAPFS_TRY(WritebackRange(*dst, off_out / bs, RoundUp(off_out + len, bs) / bs));
+  abi::fuse_copy_file_range_in c{};
+  c.fh_in = fh_in;
+  c.off_in = off_in;
+  c.nodeid_out = node_out;
+  c.fh_out = fh_out;
+  c.off_out = off_out;
+  c.len = len;
+  IOMAPFS_ASSIGN_OR_RETURN(std::vector<std::byte> r,
+                           Call(abi::FUSE_COPY_FILE_RANGE_64, node_in, Bytes(c)));
+  abi::fuse_copy_file_range_out out;
+  if (!Parse(r, &out) || out.bytes_copied > len) return Unexpected(EIO);
+  const uint64_t copied = out.bytes_copied;
+  if (copied == 0) return copied;
+  dst->size = std::max(dst->size, off_out + copied);
+  dst->disk_size = std::max(dst->disk_size, off_out + copied);
+  // §10, §12.5: the destination range leaves the mapping cache.
+  if (options_.auto_inval && dst->has_cache) {
+    const uint64_t from = off_out / bs * bs;
+    dst->cache.read.Remove(from, RoundUp(off_out + copied, bs) - from);
+    dst->cache.write.Remove(from, RoundUp(off_out + copied, bs) - from);
+    dst->cache.seq++;
+  }
+  return copied;
 }
 
 Result<std::vector<FiemapExtent>> KernelModel::Fiemap(uint64_t nodeid) {

@@ -18,10 +18,12 @@
 //   - the data movement, done by the model on the registered device fd: buffered reads (no
 //     clean page cache is kept, so every read exercises the mapping path), a dirty page cache
 //     at block granularity for buffered writes with page-granular zeroing of partial blocks,
-//     writeback with IOEND and UNWRITTEN conversion, direct reads and writes, FUSE_READ for
-//     INLINE mappings (§9), END for size-extending buffered writes (§5.3), the automatic cache
+//     writeback with IOEND and UNWRITTEN conversion, direct reads and writes, INLINE mappings
+//     (§9: FUSE_READ of the mapping for reads and read-before-write; FUSE_WRITE by nodeid with
+//     fh 0 after buffered, direct and zeroing writes into an INLINE destination, never
+//     writeback, never END), END for size-extending buffered writes (§5.3), the automatic cache
 //     invalidations of §12.5, FIEMAP, SEEK_DATA/SEEK_HOLE, swapfile activation (§4.8),
-//     truncate and punch as §10 describes them.
+//     truncate, punch and copy_file_range as §10 describes them.
 // It counts every upcall by opcode and BEGIN by op kind, cache hits and BPF hits.
 //
 // Thread-safety: none; one test thread drives a model. Ownership: owns its socket ends and the
@@ -56,6 +58,10 @@ struct ModelOptions {
   // The FUSE_DEV_IOC_IOMAP_SUPPORT answer (§1.2): FILEIO whenever iomap is offered, ATOMIC too
   // if this is set.
   bool offer_atomic = false;
+  // The kernel's own cache invalidations (§12.5) after inline writes and copy_file_range. Tests
+  // turn them off to model a kernel without that logic and check that the server's INVALs
+  // alone keep the cache correct.
+  bool auto_inval = true;
 };
 
 // Upcall kinds for BEGIN (by opflags).
@@ -90,6 +96,7 @@ struct ModelCounters {
   uint64_t set_blocksize = 0;     // FUSE_DEV_IOC_IOMAP_SET_BLOCKSIZE calls (§11.2)
   uint64_t set_nofs = 0;          // FUSE_DEV_IOC_SET_NOFS(1) calls (§11.3)
   uint64_t dev_invals = 0;        // accepted DEV_INVAL notifications (§11.5)
+  uint64_t inline_writes = 0;     // writes into an INLINE destination (each sends FUSE_WRITE, §9)
   uint64_t Upcalls(const std::string& op) const;
   uint64_t BeginUpcalls() const;
   std::string Format() const;
@@ -151,6 +158,12 @@ class KernelModel {
   Result<void> Truncate(uint64_t nodeid, uint64_t size);
   // FALLOCATE(PUNCH_HOLE | KEEP_SIZE) with edge zeroing through the page cache.
   Result<void> Punch(uint64_t nodeid, uint64_t fh, uint64_t offset, uint64_t length);
+  // copy_file_range(2) (§10): writes back both ranges, sends FUSE_COPY_FILE_RANGE_64, raises
+  // the destination's size, drops the destination range from its mapping cache (§12.5).
+  // Returns: bytes copied. Errors: the server's errno; EBADF unknown node.
+  Result<uint64_t> CopyFileRange(uint64_t node_in, uint64_t fh_in, uint64_t off_in,
+                                 uint64_t node_out, uint64_t fh_out, uint64_t off_out,
+                                 uint64_t len);
   // FS_IOC_FIEMAP over [0, i_size) through REPORT BEGINs.
   Result<std::vector<FiemapExtent>> Fiemap(uint64_t nodeid);
   // lseek SEEK_DATA / SEEK_HOLE (whence 3 / 4) through REPORT BEGINs. Errors: ENXIO.
@@ -248,6 +261,14 @@ class KernelModel {
   Result<void> WritebackRange(Inode& in, uint64_t first_blk, uint64_t end_blk);
   Result<void> SendIoend(Inode& in, uint32_t flags, uint64_t pos, uint64_t written, int error);
   Result<void> ZeroRange(Inode& in, uint64_t from, uint64_t to);
+  // §9 read side: FUSE_READ of INLINE mapping `m` (by nodeid, fh 0). Returns: m.length bytes.
+  Result<std::vector<std::byte>> InlineRead(Inode& in, const abi::fuse_iomap_io& m);
+  // §9 write side for bytes written into INLINE mapping `m` at pos: FUSE_WRITE (by nodeid,
+  // fh 0) until everything is persisted, then i_size and the on-disk size are raised to at
+  // least pos + persisted and the range is dropped from the cache. No END, no writeback.
+  // Errors: EIO a 0-byte reply, one larger than asked, or a range outside `m`; the server's.
+  Result<void> InlineWrite(Inode& in, const abi::fuse_iomap_io& m, uint64_t pos,
+                           std::span<const std::byte> data);
 
   UniqueFd requests_, control_;
   ModelOptions options_;
