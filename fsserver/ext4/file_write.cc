@@ -170,6 +170,9 @@ Result<void> Filesystem::Fallocate(Ino ino, uint32_t mode, uint64_t offset, uint
     const uint64_t old_size = InodeSize(g.fs(), inode);
     ext2::Transaction tx(g);
     bool times = true;
+    // ext4_fallocate() converts inline data first, then wants extents: the engine does both
+    // (an inline-data file is converted, or zeroed in place while it fits).
+    const bool preallocatable = (inode.flags() & (EXT4_EXTENTS_FL | kFlagInlineData)) != 0;
     if (punch) {
       // ext4_punch_hole(): nothing at or past EOF; a range that runs past EOF is set to end
       // at the page-rounded EOF (which can extend it: punching [0, 68) of a 3-byte file frees
@@ -185,12 +188,12 @@ Result<void> Filesystem::Fallocate(Ino ino, uint32_t mode, uint64_t offset, uint
         spans = std::move(*punched);
       }
     } else if (zero) {
-      if ((inode.flags() & EXT4_EXTENTS_FL) == 0) return Unexpected(EOPNOTSUPP);
+      if (!preallocatable) return Unexpected(EOPNOTSUPP);
       auto zeroed = impl.engine->ZeroRange(tx, ino, offset, length, keep);
       if (!zeroed) return Unexpected(impl.Check(g, zeroed, ino, "fallocate").error());
       spans = std::move(*zeroed);
     } else {
-      if ((inode.flags() & EXT4_EXTENTS_FL) == 0) return Unexpected(EOPNOTSUPP);
+      if (!preallocatable) return Unexpected(EOPNOTSUPP);
       IOMAPFS_TRY(
           impl.Check(g, impl.engine->Allocate(tx, ino, offset, length, keep), ino, "fallocate"));
     }

@@ -282,6 +282,60 @@ TEST_F(KmodelInlineWriteTest, ConversionByFollowingWriteDropsInlineMapping) {
   StopAndCheck(h);
 }
 
+// §10, §12.4: fallocate into an inline file (sent raw: the model keeps no state for it, so
+// only the server's INVAL can drop the cached INLINE mapping). Preallocation converts the file
+// as kernel ext4 does (ext4_fallocate converts inline data first); punching and zeroing a range
+// of a file that stays inline zero the bytes in place.
+TEST_F(KmodelInlineWriteTest, FallocateDropsInlineMapping) {
+  auto h = Start();
+  ASSERT_NE(h, nullptr);
+  KernelModel& km = h->model();
+  const uint64_t bs = km.block_size();
+  auto fallocate = [&](uint64_t node, uint64_t fh, uint32_t mode, uint64_t off, uint64_t len) {
+    abi::fuse_fallocate_in f{};
+    f.fh = fh;
+    f.offset = off;
+    f.length = len;
+    f.mode = mode;
+    return km.RawRequest(abi::FUSE_FALLOCATE, node,
+                         std::as_bytes(std::span<const abi::fuse_fallocate_in, 1>(&f, 1)));
+  };
+
+  // Preallocation with KEEP_SIZE: the size stays, the file leaves the inline format.
+  auto [e, efh] = OpenInline(*h, "e");
+  ASSERT_NE(e, 0u);
+  ASSERT_TRUE(km.Read(e, 0, 10));
+  auto r = fallocate(e, efh, FALLOC_FL_KEEP_SIZE, 0, 2 * bs);
+  ASSERT_TRUE(r) << "fallocate(KEEP_SIZE) on an inline file: " << strerror(r.error());
+  EXPECT_FALSE(InlineCached(km, e)) << "a stale INLINE mapping stayed cached";
+  EXPECT_NE(ServerType(*h, e, 0), iomap::MappingType::kInline);
+  km.ResetCounters();
+  ExpectBytes(km, e, "e");
+  EXPECT_EQ(km.counters().Upcalls("READ"), 0u) << "the INLINE mapping was used after fallocate";
+  ASSERT_TRUE(km.Release(e, efh));
+
+  // A punch inside an inline file: the bytes are zeroed and the mapping dropped all the same.
+  auto [g, gfh] = OpenInline(*h, "g");
+  ASSERT_NE(g, 0u);
+  ASSERT_TRUE(km.Read(g, 0, 10));
+  ASSERT_TRUE(fallocate(g, gfh, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 10, 20));
+  std::fill(shadow_["g"].begin() + 10, shadow_["g"].begin() + 30, std::byte{0});
+  EXPECT_FALSE(InlineCached(km, g)) << "a stale INLINE mapping stayed cached";
+  ExpectBytes(km, g, "g");
+  ASSERT_TRUE(km.Release(g, gfh));
+
+  auto [z, zfh] = OpenInline(*h, "h");
+  ASSERT_NE(z, 0u);
+  ASSERT_TRUE(km.Read(z, 0, 10));
+  r = fallocate(z, zfh, FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE, 20, 30);
+  ASSERT_TRUE(r) << "fallocate(ZERO_RANGE) on an inline file: " << strerror(r.error());
+  std::fill(shadow_["h"].begin() + 20, shadow_["h"].begin() + 50, std::byte{0});
+  EXPECT_FALSE(InlineCached(km, z)) << "a stale INLINE mapping stayed cached";
+  ExpectBytes(km, z, "h");
+  ASSERT_TRUE(km.Release(z, zfh));
+  StopAndCheck(h);
+}
+
 // §10, §12.4: copy_file_range into an inline file, first staying inline, then converting it.
 // With the model's §12.5 invalidation off, the server's INVAL alone must drop the INLINE
 // record each time.
