@@ -39,13 +39,7 @@ class LifecycleTest : public ::testing::Test {
   void SetUp() override {
     if (!tu::IsRoot()) GTEST_SKIP() << "mounting needs root in this test";
     if (access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "/dev/fuse is not usable";
-    std::string src = dir_.Sub("src");
-    mkdir(src.c_str(), 0755);
-    ASSERT_TRUE(tu::WriteFile(src + "/hello", "hello world\n"));
-    image_ = dir_.Sub("fs.img");
-    ASSERT_EQ(tu::MakeImage(image_, 32 << 20, "ext4", {}, src), "");
-    mnt_ = dir_.Sub("mnt");
-    mkdir(mnt_.c_str(), 0755);
+    ASSERT_EQ(tu::MakeHelloImage(dir_, &image_, &mnt_), "");
   }
   void TearDown() override {
     if (!mnt_.empty() && tu::IsMountPoint(mnt_)) tu::Run({"umount", "-l", mnt_});

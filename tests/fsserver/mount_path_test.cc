@@ -96,13 +96,7 @@ class MountPathTest : public ::testing::Test {
     if (std::string why = tu::MountTestSkipReason(kBinary.c_str()); !why.empty()) {
       GTEST_SKIP() << why;
     }
-    std::string src = dir_.Sub("src");
-    mkdir(src.c_str(), 0755);
-    ASSERT_TRUE(tu::WriteFile(src + "/hello", "hello world\n"));
-    image_ = dir_.Sub("fs.img");
-    ASSERT_EQ(tu::MakeImage(image_, 32 << 20, "ext4", {}, src), "");
-    mnt_ = dir_.Sub("mnt");
-    mkdir(mnt_.c_str(), 0755);
+    ASSERT_EQ(tu::MakeHelloImage(dir_, &image_, &mnt_), "");
   }
   void TearDown() override {
     if (!mnt_.empty() && tu::IsMountPoint(mnt_)) umount2(mnt_.c_str(), MNT_DETACH);

@@ -285,6 +285,17 @@ std::string ServerMount::Stop() {
   return err + wait;
 }
 
+std::string MakeHelloImage(const TempDir& dir, std::string* image, std::string* mountpoint) {
+  std::string src = dir.Sub("src");
+  if (mkdir(src.c_str(), 0755) != 0) return "mkdir " + src + ": " + strerror(errno);
+  if (!WriteFile(src + "/hello", "hello world\n")) return "cannot write " + src + "/hello";
+  *image = dir.Sub("fs.img");
+  if (std::string err = MakeImage(*image, 32 << 20, "ext4", {}, src); !err.empty()) return err;
+  *mountpoint = dir.Sub("mnt");
+  if (mkdir(mountpoint->c_str(), 0755) != 0) return "mkdir " + *mountpoint + ": " + strerror(errno);
+  return "";
+}
+
 std::string MountTestSkipReason(const char* binary) {
   if (!IsRoot()) return "needs root (loop devices, mount(2), mknod, chown)";
   int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/test_util.h"
 #include "tests/support/tree_gen.h"
 
 namespace iomapfs::testing {
@@ -109,6 +110,10 @@ std::string MakeGeneratedImage(const std::string& image, uint64_t size_bytes,
                                const std::string& fs_type,
                                const std::vector<std::string>& mkfs_args,
                                const TreeGenOptions& tree, double* seconds = nullptr);
+
+// Makes, inside `dir`, a 32 MiB ext4 image holding /hello ("hello world\n") and an empty
+// directory to mount it on. Returns: an empty string, or what failed.
+std::string MakeHelloImage(const TempDir& dir, std::string* image, std::string* mountpoint);
 
 // Why a mount test cannot run here (not root, no /dev/fuse, no loop devices, `binary` null or
 // not executable), or an empty string if it can.
