@@ -627,7 +627,7 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
   FileMap none;
   Gen g(none, 0, abi);
   Assembler& a = g.a();
-  constexpr int kKeyNode = -16, kSeq = -24, kKeyZero = -32, kKeySlot = -48;
+  constexpr int kKeyNode = -16, kSeq = -24, kKeyZero = -32, kKeySlot = -48, kKeyDirect = -56;
   if (abi == Abi::kSyscall) {
     g.Prologue(/*identity=*/false);
     a.Load(Size::kDW, R2, R6, kCtxNodeid);
@@ -644,21 +644,42 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
   }
   a.Store(Size::kDW, R10, kKeyNode, R2);
   a.StoreImm(Size::kW, R10, kKeyZero, 0);
+  // r0 = the index entry: r9 = its class, and its sequence number and slot on the stack (so that
+  // the two lookups join with scalars only and the verifier checks what follows once).
+  auto read_entry = [&] {
+    a.JumpIfImm(Cond::kEq, R0, 0, g.fallback());
+    a.Load(Size::kW, R9, R0, 0);  // capacity class (log2)
+    a.Load(Size::kDW, R2, R0, 8);
+    a.Store(Size::kDW, R10, kSeq, R2);
+    a.Load(Size::kW, R3, R0, 4);
+    a.Store(Size::kW, R10, kKeySlot, R3);
+  };
+  Label entry = a.NewLabel();
+  if (maps.direct_fd >= 0 && maps.direct_nodeids > 0) {
+    if (maps.direct_nodeids > INT32_MAX) return Unexpected(EINVAL);
+    Label hashed = a.NewLabel();
+    a.JumpIfImm(Cond::kGe, R2, static_cast<int32_t>(maps.direct_nodeids), hashed);
+    a.Store(Size::kW, R10, kKeyDirect, R2);
+    a.LoadMapFd(R1, maps.direct_fd);
+    a.Mov(R2, R10);
+    a.Alu64Imm(Alu::kAdd, R2, kKeyDirect);
+    a.Call(BPF_FUNC_map_lookup_elem);  // inlined by the verifier: no call
+    read_entry();
+    a.JumpIfImm(Cond::kEq, R2, 0, g.fallback());  // never written, or cleared
+    a.Jump(entry);
+    a.Bind(hashed);
+  }
   a.LoadMapFd(R1, maps.index_fd);
   a.Mov(R2, R10);
   a.Alu64Imm(Alu::kAdd, R2, kKeyNode);
   a.Call(BPF_FUNC_map_lookup_elem);
-  a.JumpIfImm(Cond::kEq, R0, 0, g.fallback());
-  a.Load(Size::kW, R9, R0, 0);  // capacity class (log2)
-  a.Load(Size::kDW, R2, R0, 8);
-  a.Store(Size::kDW, R10, kSeq, R2);
-  a.Load(Size::kW, R2, R0, 4);
-  a.Store(Size::kW, R10, kKeySlot, R2);
+  read_entry();
+  a.Bind(entry);
   if (maps.arith_fd >= 0) {
     if (!std::has_single_bit(maps.arith_slots)) return Unexpected(EINVAL);
     Label not_arith = a.NewLabel();
     a.JumpIfImm(Cond::kNe, R9, kArithmeticClass, not_arith);
-    a.Load(Size::kW, R2, R0, 4);  // the slot
+    a.Load(Size::kW, R2, R10, kKeySlot);
     EmitArithSlot(g, maps.arith_fd, maps.arith_slots, kSeq, kKeyNode);
     a.Bind(not_arith);
   }
