@@ -1,5 +1,6 @@
 #include "bpf/codegen.h"
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cstring>
@@ -261,10 +262,6 @@ void EmitSearch(Gen& g, const MapLayout& layout, int block_bits) {
   Assembler& a = g.a();
   a.Store(Size::kDW, R10, kSpillValue, R1);
   a.Load(Size::kDW, R9, R1, 0);  // s1
-  a.Mov(R2, R9);
-  a.Alu64Imm(Alu::kRsh, R2, 1);
-  a.Alu64Imm(Alu::kAnd, R2, 1);
-  a.Alu64Imm(Alu::kMul, R2, static_cast<int64_t>(layout.buffer_bytes()));
   const std::vector<MapLayout::Level> levels = layout.Levels();
   {
     a.Mov(R0, R7);
@@ -283,9 +280,19 @@ void EmitSearch(Gen& g, const MapLayout& layout, int block_bits) {
     a.Alu64(Alu::kOr, R0, R3);
     a.Alu32Imm(Alu::kAnd, R0, 0xffffffff);
   }
+  // r1 = the active buffer, chosen by a branch rather than arithmetic on s1: the branch is
+  // predicted (the buffer changes only when the file does), so the CPU fetches the root while the
+  // header line is still on its way instead of after it.
   a.Alu64Imm(Alu::kAdd, R1, MapLayout::kHeaderBytes);
-  a.Alu64(Alu::kAdd, R1, R2);  // r1 = the active buffer
-  a.MovImm(R2, 0);             // r2 = node index in its level
+  {
+    Label first = a.NewLabel();
+    a.Mov(R2, R9);
+    a.Alu64Imm(Alu::kAnd, R2, 2);
+    a.JumpIfImm(Cond::kEq, R2, 0, first);
+    a.Alu64Imm(Alu::kAdd, R1, static_cast<int64_t>(layout.buffer_bytes()));
+    a.Bind(first);
+  }
+  a.MovImm(R2, 0);  // r2 = node index in its level
   for (const MapLayout::Level& level : levels) {
     // The verifier cannot know that the index stays below the level's node count (the root may
     // have fewer than 16 children); the mask, a no-op on real data, tells it.
@@ -675,20 +682,44 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
   a.Call(BPF_FUNC_map_lookup_elem);
   read_entry();
   a.Bind(entry);
+  // r9 -> the class's code: a balanced tree of compares (4 for the 15 default classes and the
+  // arithmetic one) rather than a chain that the largest classes would run to its end.
+  std::vector<std::pair<uint32_t, Label>> targets;
+  Label arith = a.NewLabel();
   if (maps.arith_fd >= 0) {
     if (!std::has_single_bit(maps.arith_slots)) return Unexpected(EINVAL);
-    Label not_arith = a.NewLabel();
-    a.JumpIfImm(Cond::kNe, R9, kArithmeticClass, not_arith);
-    a.Load(Size::kW, R2, R10, kKeySlot);
-    EmitArithSlot(g, maps.arith_fd, maps.arith_slots, kSeq, kKeyNode);
-    a.Bind(not_arith);
+    targets.emplace_back(kArithmeticClass, arith);
   }
   std::vector<Label> labels;
   for (const auto& [log2_cap, fd] : maps.classes) {
     labels.push_back(a.NewLabel());
-    a.JumpIfImm(Cond::kEq, R9, log2_cap, labels.back());
+    targets.emplace_back(log2_cap, labels.back());
   }
-  a.Jump(g.fallback());
+  std::sort(targets.begin(), targets.end(),
+            [](const auto& x, const auto& y) { return x.first < y.first; });
+  auto emit_tree = [&](auto& self, size_t lo, size_t hi) -> void {
+    if (hi - lo == 1) {
+      a.JumpIfImm(Cond::kEq, R9, targets[lo].first, targets[lo].second);
+      a.Jump(g.fallback());
+      return;
+    }
+    const size_t mid = lo + (hi - lo) / 2;
+    Label right = a.NewLabel();
+    a.JumpIfImm(Cond::kGe, R9, targets[mid].first, right);
+    self(self, lo, mid);
+    a.Bind(right);
+    self(self, mid, hi);
+  };
+  if (targets.empty()) {
+    a.Jump(g.fallback());
+  } else {
+    emit_tree(emit_tree, 0, targets.size());
+  }
+  if (maps.arith_fd >= 0) {
+    a.Bind(arith);
+    a.Load(Size::kW, R2, R10, kKeySlot);
+    EmitArithSlot(g, maps.arith_fd, maps.arith_slots, kSeq, kKeyNode);
+  }
   for (size_t i = 0; i < maps.classes.size(); ++i) {
     a.Bind(labels[i]);
     a.LoadMapFd(R1, maps.classes[i].second);
