@@ -396,9 +396,15 @@ TEST(DispatcherKernel, ConcurrentLookupsDuringUpdatesSeeOldOrNew) {
     std::atomic<bool> stop{false};
     std::atomic<uint64_t> updates{0};
     std::thread writer([&] {
+      // A switch of kind waits for an RCU grace period when the old map leaves its class, but the
+      // new index entry is visible only from its write to the next install's: without a pause the
+      // file would be `other` for a few microseconds per switch, and readers might never see it.
+      const auto hold = std::chrono::microseconds(switch_kind ? 200 : 0);
       while (!stop.load()) {
         ASSERT_TRUE(d->Install(other).has_value());
+        std::this_thread::sleep_for(hold);
         ASSERT_TRUE(d->Install(a).has_value());
+        std::this_thread::sleep_for(hold);
         updates += 2;
       }
     });
