@@ -241,27 +241,36 @@ Result<Generated> GenArithmetic(const FileMap& map, uint64_t seq, Abi abi) {
 // dispatcher: one program for every file). Leaves r2..r5 = the reply and jumps to the epilogue,
 // or falls back.
 constexpr int kSpillValue = -8;  // stack slot holding the map value pointer
+constexpr int kSpillSeq = -64;   // and the seqcount first read (below the dispatcher's slots)
 
 // r2 = 16 r2 + #{j in 1..15 : (key j at r4 + j * stride) - r0 < 0}, for keys and r0 below 2^63.
 // The sign bit is taken with a shift (rather than masking with a 0/-1 value), which keeps the
 // verifier from forking its state on every step (6.18 does for `x & K` when x is in [-1, 0]: the
-// state count then grows with the capacity). Two accumulators (r2, r5) halve the chain of adds.
+// state count then grows with the capacity). Four accumulators (r2, r5, r7, r9; the search needs
+// neither pos nor s1 in a register meanwhile) cut the chain of adds from 9 to 6.
 void EmitCount(Assembler& a, Size key_size, int stride, uint32_t keys) {
+  const Reg acc[4] = {R2, R5, R7, R9};
   a.Alu64Imm(Alu::kLsh, R2, std::countr_zero(keys));
-  a.MovImm(R5, 0);
   for (int j = 1; j < static_cast<int>(keys); ++j) {
     a.Load(key_size, R3, R4, j * stride);
     a.Alu64(Alu::kSub, R3, R0);
     a.Alu64Imm(Alu::kRsh, R3, 63);
-    a.Alu64(Alu::kAdd, j % 2 == 1 ? R2 : R5, R3);
+    if (j < 4) {
+      a.Mov(acc[j], R3);
+    } else {
+      a.Alu64(Alu::kAdd, acc[j % 4], R3);
+    }
   }
   a.Alu64(Alu::kAdd, R2, R5);
+  a.Alu64(Alu::kAdd, R7, R9);
+  a.Alu64(Alu::kAdd, R2, R7);
 }
 
 void EmitSearch(Gen& g, const MapLayout& layout, int block_bits) {
   Assembler& a = g.a();
   a.Store(Size::kDW, R10, kSpillValue, R1);
   a.Load(Size::kDW, R9, R1, 0);  // s1
+  a.Store(Size::kDW, R10, kSpillSeq, R9);
   const std::vector<MapLayout::Level> levels = layout.Levels();
   {
     a.Mov(R0, R7);
@@ -327,6 +336,7 @@ void EmitSearch(Gen& g, const MapLayout& layout, int block_bits) {
   // Valid only if no writer started on this buffer meanwhile (see MapLayout).
   a.Load(Size::kDW, R1, R10, kSpillValue);
   a.Load(Size::kDW, R5, R1, 0);
+  a.Load(Size::kDW, R9, R10, kSpillSeq);
   a.Alu64Imm(Alu::kAnd, R9, -2);
   a.Alu64(Alu::kSub, R5, R9);
   a.JumpIfImm(Cond::kGt, R5, 2, g.fallback());

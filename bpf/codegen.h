@@ -14,7 +14,8 @@
 //     program, the server answers.
 //
 // Register use in every program: r6 context (or the reply, struct_ops), r7 pos, r8 the write-op
-// bits of opflags, r9 the map sequence number (kMapSearch).
+// bits of opflags; the map search (kMapSearch, the dispatcher) keeps the seqcount it first read on
+// the stack and uses r7 and r9 as counters once pos is no longer needed.
 // Thread-safety: pure functions.
 #pragma once
 
