@@ -1,5 +1,6 @@
 #include "bpf/codegen.h"
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cstring>
@@ -240,31 +241,36 @@ Result<Generated> GenArithmetic(const FileMap& map, uint64_t seq, Abi abi) {
 // dispatcher: one program for every file). Leaves r2..r5 = the reply and jumps to the epilogue,
 // or falls back.
 constexpr int kSpillValue = -8;  // stack slot holding the map value pointer
+constexpr int kSpillSeq = -64;   // and the seqcount first read (below the dispatcher's slots)
 
 // r2 = 16 r2 + #{j in 1..15 : (key j at r4 + j * stride) - r0 < 0}, for keys and r0 below 2^63.
 // The sign bit is taken with a shift (rather than masking with a 0/-1 value), which keeps the
 // verifier from forking its state on every step (6.18 does for `x & K` when x is in [-1, 0]: the
-// state count then grows with the capacity). Two accumulators (r2, r5) halve the chain of adds.
+// state count then grows with the capacity). Four accumulators (r2, r5, r7, r9; the search needs
+// neither pos nor s1 in a register meanwhile) cut the chain of adds from 9 to 6.
 void EmitCount(Assembler& a, Size key_size, int stride, uint32_t keys) {
+  const Reg acc[4] = {R2, R5, R7, R9};
   a.Alu64Imm(Alu::kLsh, R2, std::countr_zero(keys));
-  a.MovImm(R5, 0);
   for (int j = 1; j < static_cast<int>(keys); ++j) {
     a.Load(key_size, R3, R4, j * stride);
     a.Alu64(Alu::kSub, R3, R0);
     a.Alu64Imm(Alu::kRsh, R3, 63);
-    a.Alu64(Alu::kAdd, j % 2 == 1 ? R2 : R5, R3);
+    if (j < 4) {
+      a.Mov(acc[j], R3);
+    } else {
+      a.Alu64(Alu::kAdd, acc[j % 4], R3);
+    }
   }
   a.Alu64(Alu::kAdd, R2, R5);
+  a.Alu64(Alu::kAdd, R7, R9);
+  a.Alu64(Alu::kAdd, R2, R7);
 }
 
 void EmitSearch(Gen& g, const MapLayout& layout, int block_bits) {
   Assembler& a = g.a();
   a.Store(Size::kDW, R10, kSpillValue, R1);
   a.Load(Size::kDW, R9, R1, 0);  // s1
-  a.Mov(R2, R9);
-  a.Alu64Imm(Alu::kRsh, R2, 1);
-  a.Alu64Imm(Alu::kAnd, R2, 1);
-  a.Alu64Imm(Alu::kMul, R2, static_cast<int64_t>(layout.buffer_bytes()));
+  a.Store(Size::kDW, R10, kSpillSeq, R9);
   const std::vector<MapLayout::Level> levels = layout.Levels();
   {
     a.Mov(R0, R7);
@@ -283,9 +289,19 @@ void EmitSearch(Gen& g, const MapLayout& layout, int block_bits) {
     a.Alu64(Alu::kOr, R0, R3);
     a.Alu32Imm(Alu::kAnd, R0, 0xffffffff);
   }
+  // r1 = the active buffer, chosen by a branch rather than arithmetic on s1: the branch is
+  // predicted (the buffer changes only when the file does), so the CPU fetches the root while the
+  // header line is still on its way instead of after it.
   a.Alu64Imm(Alu::kAdd, R1, MapLayout::kHeaderBytes);
-  a.Alu64(Alu::kAdd, R1, R2);  // r1 = the active buffer
-  a.MovImm(R2, 0);             // r2 = node index in its level
+  {
+    Label first = a.NewLabel();
+    a.Mov(R2, R9);
+    a.Alu64Imm(Alu::kAnd, R2, 2);
+    a.JumpIfImm(Cond::kEq, R2, 0, first);
+    a.Alu64Imm(Alu::kAdd, R1, static_cast<int64_t>(layout.buffer_bytes()));
+    a.Bind(first);
+  }
+  a.MovImm(R2, 0);  // r2 = node index in its level
   for (const MapLayout::Level& level : levels) {
     // The verifier cannot know that the index stays below the level's node count (the root may
     // have fewer than 16 children); the mask, a no-op on real data, tells it.
@@ -320,6 +336,7 @@ void EmitSearch(Gen& g, const MapLayout& layout, int block_bits) {
   // Valid only if no writer started on this buffer meanwhile (see MapLayout).
   a.Load(Size::kDW, R1, R10, kSpillValue);
   a.Load(Size::kDW, R5, R1, 0);
+  a.Load(Size::kDW, R9, R10, kSpillSeq);
   a.Alu64Imm(Alu::kAnd, R9, -2);
   a.Alu64(Alu::kSub, R5, R9);
   a.JumpIfImm(Cond::kGt, R5, 2, g.fallback());
@@ -627,7 +644,7 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
   FileMap none;
   Gen g(none, 0, abi);
   Assembler& a = g.a();
-  constexpr int kKeyNode = -16, kSeq = -24, kKeyZero = -32, kKeySlot = -48;
+  constexpr int kKeyNode = -16, kSeq = -24, kKeyZero = -32, kKeySlot = -48, kKeyDirect = -56;
   if (abi == Abi::kSyscall) {
     g.Prologue(/*identity=*/false);
     a.Load(Size::kDW, R2, R6, kCtxNodeid);
@@ -644,30 +661,75 @@ Result<Generated> GenerateDispatcher(const DispatcherMaps& maps, Abi abi,
   }
   a.Store(Size::kDW, R10, kKeyNode, R2);
   a.StoreImm(Size::kW, R10, kKeyZero, 0);
+  // r0 = the index entry: r9 = its class, and its sequence number and slot on the stack (so that
+  // the two lookups join with scalars only and the verifier checks what follows once).
+  auto read_entry = [&] {
+    a.JumpIfImm(Cond::kEq, R0, 0, g.fallback());
+    a.Load(Size::kW, R9, R0, 0);  // capacity class (log2)
+    a.Load(Size::kDW, R2, R0, 8);
+    a.Store(Size::kDW, R10, kSeq, R2);
+    a.Load(Size::kW, R3, R0, 4);
+    a.Store(Size::kW, R10, kKeySlot, R3);
+  };
+  Label entry = a.NewLabel();
+  if (maps.direct_fd >= 0 && maps.direct_nodeids > 0) {
+    if (maps.direct_nodeids > INT32_MAX) return Unexpected(EINVAL);
+    Label hashed = a.NewLabel();
+    a.JumpIfImm(Cond::kGe, R2, static_cast<int32_t>(maps.direct_nodeids), hashed);
+    a.Store(Size::kW, R10, kKeyDirect, R2);
+    a.LoadMapFd(R1, maps.direct_fd);
+    a.Mov(R2, R10);
+    a.Alu64Imm(Alu::kAdd, R2, kKeyDirect);
+    a.Call(BPF_FUNC_map_lookup_elem);  // inlined by the verifier: no call
+    read_entry();
+    a.JumpIfImm(Cond::kEq, R2, 0, g.fallback());  // never written, or cleared
+    a.Jump(entry);
+    a.Bind(hashed);
+  }
   a.LoadMapFd(R1, maps.index_fd);
   a.Mov(R2, R10);
   a.Alu64Imm(Alu::kAdd, R2, kKeyNode);
   a.Call(BPF_FUNC_map_lookup_elem);
-  a.JumpIfImm(Cond::kEq, R0, 0, g.fallback());
-  a.Load(Size::kW, R9, R0, 0);  // capacity class (log2)
-  a.Load(Size::kDW, R2, R0, 8);
-  a.Store(Size::kDW, R10, kSeq, R2);
-  a.Load(Size::kW, R2, R0, 4);
-  a.Store(Size::kW, R10, kKeySlot, R2);
+  read_entry();
+  a.Bind(entry);
+  // r9 -> the class's code: a balanced tree of compares (4 for the 15 default classes and the
+  // arithmetic one) rather than a chain that the largest classes would run to its end.
+  std::vector<std::pair<uint32_t, Label>> targets;
+  Label arith = a.NewLabel();
   if (maps.arith_fd >= 0) {
     if (!std::has_single_bit(maps.arith_slots)) return Unexpected(EINVAL);
-    Label not_arith = a.NewLabel();
-    a.JumpIfImm(Cond::kNe, R9, kArithmeticClass, not_arith);
-    a.Load(Size::kW, R2, R0, 4);  // the slot
-    EmitArithSlot(g, maps.arith_fd, maps.arith_slots, kSeq, kKeyNode);
-    a.Bind(not_arith);
+    targets.emplace_back(kArithmeticClass, arith);
   }
   std::vector<Label> labels;
   for (const auto& [log2_cap, fd] : maps.classes) {
     labels.push_back(a.NewLabel());
-    a.JumpIfImm(Cond::kEq, R9, log2_cap, labels.back());
+    targets.emplace_back(log2_cap, labels.back());
   }
-  a.Jump(g.fallback());
+  std::sort(targets.begin(), targets.end(),
+            [](const auto& x, const auto& y) { return x.first < y.first; });
+  auto emit_tree = [&](auto& self, size_t lo, size_t hi) -> void {
+    if (hi - lo == 1) {
+      a.JumpIfImm(Cond::kEq, R9, targets[lo].first, targets[lo].second);
+      a.Jump(g.fallback());
+      return;
+    }
+    const size_t mid = lo + (hi - lo) / 2;
+    Label right = a.NewLabel();
+    a.JumpIfImm(Cond::kGe, R9, targets[mid].first, right);
+    self(self, lo, mid);
+    a.Bind(right);
+    self(self, mid, hi);
+  };
+  if (targets.empty()) {
+    a.Jump(g.fallback());
+  } else {
+    emit_tree(emit_tree, 0, targets.size());
+  }
+  if (maps.arith_fd >= 0) {
+    a.Bind(arith);
+    a.Load(Size::kW, R2, R10, kKeySlot);
+    EmitArithSlot(g, maps.arith_fd, maps.arith_slots, kSeq, kKeyNode);
+  }
   for (size_t i = 0; i < maps.classes.size(); ++i) {
     a.Bind(labels[i]);
     a.LoadMapFd(R1, maps.classes[i].second);

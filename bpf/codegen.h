@@ -14,7 +14,8 @@
 //     program, the server answers.
 //
 // Register use in every program: r6 context (or the reply, struct_ops), r7 pos, r8 the write-op
-// bits of opflags, r9 the map sequence number (kMapSearch).
+// bits of opflags; the map search (kMapSearch, the dispatcher) keeps the seqcount it first read on
+// the stack and uses r7 and r9 as counters once pos is no longer needed.
 // Thread-safety: pure functions.
 #pragma once
 
@@ -184,19 +185,24 @@ static_assert(ArithSlot::kBufferOffset + 2 * ArithSlot::kBufferBytes <= ArithSlo
 void PublishArithSlot(const FileMap& map, const StrideShape& shape, uint64_t file_seq,
                       uint8_t* slot);
 
-// The maps a dispatcher program reads: an index hash (u64 node id -> DispatchEntry), per
-// capacity class an ARRAY_OF_MAPS (u32 map slot -> the file's MapLayout array map; an array, so
-// that the lookup is an inlined bounds check and load, not a second hash lookup), and the table
-// of arithmetic files.
+// The maps a dispatcher program reads: the index, per capacity class an ARRAY_OF_MAPS (u32 map
+// slot -> the file's MapLayout array map; an array, so that the lookup is an inlined bounds check
+// and load, not a second hash lookup), and the table of arithmetic files. The index is two maps:
+// node ids below `direct_nodeids` are direct-indexed in an ARRAY (u32 key = the node id; the
+// verifier inlines its lookup as a bounds check and a shift, where a HASH lookup is a call that
+// hashes the key and walks a bucket); larger node ids are in a HASH (u64 key).
 inline constexpr uint32_t kArithmeticClass = 0;  // DispatchEntry::log2_capacity of such files
 struct DispatchEntry {
   uint32_t log2_capacity = 0;  // kArithmeticClass: computed from ArithSlot `slot`
   uint32_t slot = 0;           // else: the index of the file's map in its class's array
-  uint64_t seq = 0;            // must equal the inner map's (or the slot's) file sequence number
+  uint64_t seq = 0;  // must equal the inner map's (or the slot's) file sequence number; 0 (an
+                     // ARRAY entry never written or cleared) names no file
 };
 static_assert(sizeof(DispatchEntry) == 16);
 struct DispatcherMaps {
-  int index_fd = -1;
+  int index_fd = -1;                              // HASH: u64 node id -> DispatchEntry
+  int direct_fd = -1;                             // ARRAY: u32 node id -> DispatchEntry; -1: none
+  uint32_t direct_nodeids = 0;                    // its max_entries (<= INT32_MAX)
   std::vector<std::pair<uint32_t, int>> classes;  // {log2 capacity, ARRAY_OF_MAPS fd}
   int arith_fd = -1;                              // -1: no arithmetic files
   uint32_t arith_slots = 0;                       // a power of two
@@ -206,6 +212,10 @@ struct DispatcherMaps {
 // names, both recorded in the file's map header or slot: a BPF hash map may recycle an element
 // that a reader still holds (a preallocated element goes back on a free list when its key is
 // deleted or updated), so an index value may change under the reader, even to another node's.
+// An ARRAY entry is written in place (bpf_map_update_elem copies it without a lock), so a reader
+// may see a mixture of the old and new entry's fields; the same check makes that safe: an entry
+// passes only if the map or slot it names records this node id and the entry's sequence number,
+// and the only ones that do are the node's current install and the one it replaces.
 // Generates the per-connection dispatcher: looks the node id up in the index; for an arithmetic
 // file computes the mapping from its slot (the arithmetic strategy, with the shape read from the
 // slot instead of immediates); otherwise finds the file's map in its class's map-of-maps, checks

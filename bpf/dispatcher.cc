@@ -20,8 +20,17 @@ Result<Dispatcher> Dispatcher::Create(const DispatcherOptions& options, std::str
       CreateMap(BPF_MAP_TYPE_HASH, 8, sizeof(DispatchEntry), options.max_files, 0, "iomapfs_index");
   if (!index) return fail("index map", index.error());
   d.index_ = std::move(*index);
+  if (options.direct_nodeids > kMaxDirectNodeids) return fail("direct_nodeids", EINVAL);
+  if (options.direct_nodeids > 0) {
+    auto direct = CreateMap(BPF_MAP_TYPE_ARRAY, 4, sizeof(DispatchEntry), options.direct_nodeids, 0,
+                            "iomapfs_direct");
+    if (!direct) return fail("direct index map", direct.error());
+    d.direct_ = std::move(*direct);
+  }
   DispatcherMaps maps;
   maps.index_fd = d.index_.get();
+  maps.direct_fd = d.direct_.get();
+  maps.direct_nodeids = options.direct_nodeids;
   for (uint32_t c = options.min_log2_capacity; c <= options.max_log2_capacity; ++c) {
     MapLayout layout;
     layout.capacity = 1u << c;
@@ -78,6 +87,8 @@ Result<bool> Dispatcher::AttachHook(int fuse_fd, std::string* reason) {
 DispatcherMaps Dispatcher::Maps() const {
   DispatcherMaps maps;
   maps.index_fd = index_.get();
+  maps.direct_fd = direct_.get();
+  maps.direct_nodeids = options_.direct_nodeids;
   for (size_t i = 0; i < classes_.size(); ++i) {
     maps.classes.emplace_back(options_.min_log2_capacity + static_cast<uint32_t>(i),
                               classes_[i].get());
@@ -115,10 +126,9 @@ Result<uint64_t> Dispatcher::InstallArithmetic(const FileMap& map, const StrideS
   e.log2_capacity = kArithmeticClass;
   e.slot = f.slot;
   e.seq = f.seq;
-  if (bpf_map_update_elem(index_.get(), &nodeid, &e, BPF_ANY) != 0) {
-    int err = errno;
+  if (auto w = WriteEntry(nodeid, e); !w) {
     ++stats_.refused;
-    return Unexpected(err);
+    return Unexpected(w.error());
   }
   free_slots_.pop_back();
   if (it != files_.end()) Forget(nodeid, kArithmeticClass, /*keep_map_slot=*/false);
@@ -219,11 +229,10 @@ Result<uint64_t> Dispatcher::Install(const FileMap& map) {
   e.log2_capacity = log2;
   e.slot = f.slot;
   e.seq = f.seq;
-  if (bpf_map_update_elem(index_.get(), &nodeid, &e, BPF_ANY) != 0) {
-    int err = errno;
+  if (auto w = WriteEntry(nodeid, e); !w) {
     bpf_map_delete_elem(outer, &f.slot);
     ++stats_.refused;
-    return Unexpected(err);
+    return Unexpected(w.error());
   }
   if (!had_map) free_map_slots_.pop_back();
   if (it != files_.end()) Forget(nodeid, log2, /*keep_map_slot=*/had_map);
@@ -252,7 +261,7 @@ bool Dispatcher::Remove(uint64_t nodeid) {
   auto it = files_.find(nodeid);
   if (it == files_.end()) return false;
   // Index first: from then on lookups of this node fall back.
-  bpf_map_delete_elem(index_.get(), &nodeid);
+  EraseEntry(nodeid);
   Forget(nodeid, kArithmeticClass, /*keep_map_slot=*/false);  // (its class entry goes too)
   return true;
 }
@@ -261,6 +270,47 @@ void Dispatcher::Touch(uint64_t nodeid) {
   auto it = files_.find(nodeid);
   if (it == files_.end()) return;
   lru_.splice(lru_.begin(), lru_, it->second.lru);
+}
+
+Result<void> Dispatcher::WriteEntry(uint64_t nodeid, const DispatchEntry& e) {
+  int r;
+  if (Direct(nodeid)) {
+    const uint32_t key = static_cast<uint32_t>(nodeid);
+    r = bpf_map_update_elem(direct_.get(), &key, &e, BPF_ANY);
+  } else {
+    r = bpf_map_update_elem(index_.get(), &nodeid, &e, BPF_ANY);
+  }
+  if (r != 0) return Unexpected(errno);
+  return {};
+}
+
+void Dispatcher::EraseEntry(uint64_t nodeid) {
+  if (Direct(nodeid)) {
+    // An ARRAY element cannot be deleted: sequence number 0 names no file.
+    const uint32_t key = static_cast<uint32_t>(nodeid);
+    const DispatchEntry none;
+    bpf_map_update_elem(direct_.get(), &key, &none, BPF_ANY);
+  } else {
+    bpf_map_delete_elem(index_.get(), &nodeid);
+  }
+}
+
+Result<DispatchEntry> Dispatcher::IndexEntry(uint64_t nodeid) const {
+  DispatchEntry e;
+  int r;
+  if (Direct(nodeid)) {
+    const uint32_t key = static_cast<uint32_t>(nodeid);
+    r = bpf_map_lookup_elem(direct_.get(), &key, &e);
+    if (r == 0 && e.seq == 0) return Unexpected(ENOENT);
+  } else {
+    r = bpf_map_lookup_elem(index_.get(), &nodeid, &e);
+  }
+  if (r != 0) return Unexpected(errno);
+  return e;
+}
+
+Result<void> Dispatcher::WriteIndexEntryForTesting(uint64_t nodeid, const DispatchEntry& e) {
+  return WriteEntry(nodeid, e);
 }
 
 uint64_t Dispatcher::SeqOf(uint64_t nodeid) const {

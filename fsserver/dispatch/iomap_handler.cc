@@ -227,7 +227,14 @@ Result<abi::fuse_iomap_config_out> IomapHandler::Config(const wire::IomapConfigR
 
   if (options_.bpf) {
     std::string why;
-    Result<bpf::Dispatcher> d = bpf::Dispatcher::Create(bpf::DispatcherOptions{}, &why);
+    bpf::DispatcherOptions o;
+    // Node id = inode number: every file's index entry direct-indexed (16 bytes per inode, at most
+    // 16 MiB), larger file systems' highest inode numbers through the hash.
+    if (Result<ext4::StatFs> st = fs_.StatFs(); st) {
+      o.direct_nodeids = static_cast<uint32_t>(
+          std::min<uint64_t>(st->files + 1, bpf::Dispatcher::kMaxDirectNodeids));
+    }
+    Result<bpf::Dispatcher> d = bpf::Dispatcher::Create(o, &why);
     if (!d) {
       LOG_WARNING("iomap mode: no BPF dispatcher (%s): %s", strerror(d.error()), why.c_str());
     } else if (Result<void> a = control->AttachBpf(d->fd()); !a) {

@@ -16,6 +16,8 @@
 namespace iomapfs::bpf {
 namespace {
 
+using testing::StrideFile;
+
 // Compares the dispatcher with the reference for `map` at its probe positions.
 size_t CheckDispatch(const Dispatcher& d, const FileMap& map, size_t random) {
   const uint64_t seq = d.SeqOf(map.nodeid);
@@ -58,39 +60,86 @@ TEST(DispatcherKernel, ProgArrayRejectedForSleepable) {
   EXPECT_NE(log.find("Sleepable programs can only use"), std::string::npos) << log;
 }
 
-TEST(DispatcherKernel, DispatchesManyFilesAndReplacesOneAlone) {
+// Node ids below DispatcherOptions::direct_nodeids are in the ARRAY index, the others in the
+// HASH: every test of the index runs with node ids in both.
+constexpr uint64_t kHashedBase = uint64_t{1} << 33;
+
+class DispatcherIndex : public ::testing::TestWithParam<uint64_t> {};
+INSTANTIATE_TEST_SUITE_P(DispatcherKernel, DispatcherIndex,
+                         ::testing::Values(uint64_t{0}, kHashedBase),
+                         [](const auto& info) { return info.param == 0 ? "Direct" : "Hashed"; });
+
+TEST_P(DispatcherIndex, DispatchesManyFilesAndReplacesOneAlone) {
   IOMAPFS_REQUIRE_BPF();
+  const uint64_t base = GetParam() + 100;
   std::string reason;
   auto d = Dispatcher::Create(DispatcherOptions{}, &reason);
   ASSERT_TRUE(d.has_value()) << reason;
   std::vector<FileMap> files;
   size_t counts[] = {1, 8, 64, 512, 4096, 20000};
   for (size_t i = 0; i < std::size(counts); ++i) {
-    files.push_back(*BuildFileMap(100 + i, 4096, 3, testing::RandomMappings(counts[i], i)));
+    files.push_back(*BuildFileMap(base + i, 4096, 3, testing::RandomMappings(counts[i], i)));
     auto seq = d->Install(files.back());
     ASSERT_TRUE(seq.has_value()) << seq.error();
+    ASSERT_EQ(d->IndexEntry(base + i)->seq, *seq);
   }
   for (const FileMap& f : files) EXPECT_EQ(CheckDispatch(*d, f, 2000), 0u);
   // Replace file 2 with a much larger layout (new class): only its answers change.
-  const uint64_t old_seq = d->SeqOf(102);
-  files[2] = *BuildFileMap(102, 4096, 3, testing::RandomMappings(3000, 77));
+  const uint64_t old_seq = d->SeqOf(base + 2);
+  files[2] = *BuildFileMap(base + 2, 4096, 3, testing::RandomMappings(3000, 77));
   ASSERT_TRUE(d->Install(files[2]).has_value());
-  EXPECT_GT(d->SeqOf(102), old_seq);
+  EXPECT_GT(d->SeqOf(base + 2), old_seq);
   for (const FileMap& f : files) EXPECT_EQ(CheckDispatch(*d, f, 1000), 0u);
   // Same class: written in place, the sequence number stays.
-  const uint64_t seq5 = d->SeqOf(105);
-  files[5] = *BuildFileMap(105, 4096, 3, testing::RandomMappings(20000, 78));
+  const uint64_t seq5 = d->SeqOf(base + 5);
+  files[5] = *BuildFileMap(base + 5, 4096, 3, testing::RandomMappings(20000, 78));
   ASSERT_TRUE(d->Install(files[5]).has_value());
-  EXPECT_EQ(d->SeqOf(105), seq5);
+  EXPECT_EQ(d->SeqOf(base + 5), seq5);
   EXPECT_EQ(d->stats().in_place_updates, 1u);
   EXPECT_EQ(CheckDispatch(*d, files[5], 1000), 0u);
   // Forget: falls back; the others still answer.
-  EXPECT_TRUE(d->Remove(101));
+  EXPECT_TRUE(d->Remove(base + 1));
+  EXPECT_EQ(d->IndexEntry(base + 1).error(), ENOENT);
   EXPECT_EQ(CheckDispatch(*d, files[1], 100), 0u);  // reference for an absent file: fallback
   EXPECT_EQ(CheckDispatch(*d, files[0], 100), 0u);
   BeginCtx unknown;
-  unknown.nodeid = 999;
+  unknown.nodeid = base + 999;
   EXPECT_EQ(d->Run(unknown)->ret, kFibFallback);
+}
+
+// Where the two indexes meet: the last direct node id, the first hashed one, node id 0 (never a
+// file: an ARRAY entry never written is zeros, and must not read as arithmetic slot 0) and the
+// largest; and a dispatcher with no ARRAY at all.
+TEST(DispatcherKernel, IndexBoundaries) {
+  IOMAPFS_REQUIRE_BPF();
+  for (uint32_t direct : {0u, 64u}) {
+    DispatcherOptions o;
+    o.direct_nodeids = direct;
+    std::string reason;
+    auto d = Dispatcher::Create(o, &reason);
+    ASSERT_TRUE(d.has_value()) << reason;
+    std::vector<FileMap> files;
+    for (uint64_t n : {uint64_t{1}, uint64_t{63}, uint64_t{64}, uint64_t{65}, ~uint64_t{0}}) {
+      // Alternately a computed file and a searched one.
+      files.push_back(*BuildFileMap(n, 4096, 3,
+                                    files.size() % 2 == 0
+                                        ? StrideFile(0, 4096, 8192, 50 + n % 7, 1 << 20, 8192)
+                                        : testing::RandomMappings(100 + files.size(), n)));
+      ASSERT_TRUE(d->Install(files.back()).has_value()) << n;
+    }
+    for (const FileMap& f : files) EXPECT_EQ(CheckDispatch(*d, f, 300), 0u) << f.nodeid;
+    for (uint64_t n : {uint64_t{0}, uint64_t{2}, uint64_t{66}}) {
+      BeginCtx c;
+      c.nodeid = n;
+      EXPECT_EQ(d->Run(c)->ret, kFibFallback) << n;
+    }
+    for (const FileMap& f : files) ASSERT_TRUE(d->Remove(f.nodeid));
+    for (const FileMap& f : files) EXPECT_EQ(CheckDispatch(*d, f, 50), 0u) << f.nodeid;
+  }
+  EXPECT_EQ(Dispatcher::Create(
+                DispatcherOptions{.direct_nodeids = Dispatcher::kMaxDirectNodeids + 1}, nullptr)
+                .error(),
+            EINVAL);
 }
 
 TEST(DispatcherKernel, BudgetEvictsLeastRecentlyUsed) {
@@ -131,26 +180,26 @@ TEST(DispatcherKernel, BudgetEvictsLeastRecentlyUsed) {
   EXPECT_EQ(d3->Install(*BuildFileMap(7, 4096, 3, testing::RandomMappings(500, 1))).error(), E2BIG);
 }
 
-using testing::StrideFile;
-
 // A BPF hash map may recycle an element that a lookup still holds, so the index entry a reader
 // sees for node A may be one written for node B. The map or slot it names records its node id,
 // and the dispatcher falls back instead of answering B's mapping for A.
-TEST(DispatcherKernel, AnEntryNamingAnotherNodesFileFallsBack) {
+TEST_P(DispatcherIndex, AnEntryNamingAnotherNodesFileFallsBack) {
   IOMAPFS_REQUIRE_BPF();
+  const uint64_t base = GetParam();
   std::string reason;
   auto d = Dispatcher::Create(DispatcherOptions{}, &reason);
   ASSERT_TRUE(d.has_value()) << reason;
-  FileMap mapped = *BuildFileMap(21, 4096, 3, testing::RandomMappings(300, 1));
-  FileMap computed = *BuildFileMap(22, 4096, 3, StrideFile(0, 4096, 8192, 100, 1 << 20, 8192));
+  FileMap mapped = *BuildFileMap(base + 21, 4096, 3, testing::RandomMappings(300, 1));
+  FileMap computed =
+      *BuildFileMap(base + 22, 4096, 3, StrideFile(0, 4096, 8192, 100, 1 << 20, 8192));
   ASSERT_TRUE(d->Install(mapped).has_value());
   ASSERT_TRUE(d->Install(computed).has_value());
-  ASSERT_TRUE(d->IsArithmetic(22));
+  ASSERT_TRUE(d->IsArithmetic(base + 22));
   for (const FileMap* f : {&mapped, &computed}) {
-    DispatchEntry e;
-    ASSERT_EQ(bpf_map_lookup_elem(d->index_fd(), &f->nodeid, &e), 0);
-    const uint64_t stranger = 23;
-    ASSERT_EQ(bpf_map_update_elem(d->index_fd(), &stranger, &e, BPF_ANY), 0);
+    auto e = d->IndexEntry(f->nodeid);
+    ASSERT_TRUE(e.has_value());
+    const uint64_t stranger = base + 23;
+    ASSERT_TRUE(d->WriteIndexEntryForTesting(stranger, *e).has_value());
     for (uint64_t pos : testing::ProbePositions(*f, 200, 5)) {
       BeginCtx c;
       c.nodeid = stranger;
@@ -161,6 +210,71 @@ TEST(DispatcherKernel, AnEntryNamingAnotherNodesFileFallsBack) {
     }
     EXPECT_EQ(CheckDispatch(*d, *f, 200), 0u);  // the owner still answers
   }
+}
+
+// An ARRAY entry is rewritten in place, so a reader may see the fields of a file's entry before
+// and after a reinstall mixed. Every mixture, across changes of class, slot and kind (computed or
+// searched), answers as the old install, as the new one, or falls back; never anything else.
+TEST_P(DispatcherIndex, MixedEntriesAnswerOldOrNewOrFallBack) {
+  IOMAPFS_REQUIRE_BPF();
+  const uint64_t base = GetParam();
+  std::string reason;
+  auto d = Dispatcher::Create(DispatcherOptions{}, &reason);
+  ASSERT_TRUE(d.has_value()) << reason;
+  // Neighbours, whose maps and slots a mixture may name.
+  for (uint64_t n = 1; n <= 4; ++n) {
+    const FileMap f =
+        *BuildFileMap(base + 40 + n, 4096, 3,
+                      n % 2 == 0 ? testing::RandomMappings(40 * n, n)
+                                 : StrideFile(0, 4096, 8192, 10 * n, 1 << 20, 4096 * n));
+    ASSERT_TRUE(d->Install(f).has_value());
+  }
+  const uint64_t node = base + 50;
+  const std::vector<FileMap> versions = {
+      *BuildFileMap(node, 4096, 3, testing::RandomMappings(300, 7)),
+      *BuildFileMap(node, 4096, 3, testing::RandomMappings(3000, 8)),
+      *BuildFileMap(node, 4096, 3, StrideFile(4096, 4096, 12288, 500, 1 << 24, 8192)),
+      *BuildFileMap(node, 4096, 3, testing::RandomMappings(40, 9)),
+      *BuildFileMap(node, 4096, 3, StrideFile(0, 8192, 8192, 300, 1 << 26, 8192)),
+  };
+  ASSERT_TRUE(d->Install(versions[0]).has_value());
+  size_t as_new = 0, wrong = 0;
+  for (size_t v = 1; v < versions.size(); ++v) {
+    const FileMap& before = versions[v - 1];
+    const FileMap& after = versions[v];
+    const DispatchEntry old_e = *d->IndexEntry(node);
+    ASSERT_TRUE(d->Install(after).has_value());
+    const DispatchEntry new_e = *d->IndexEntry(node);
+    ASSERT_NE(old_e.seq, new_e.seq);
+    std::vector<uint64_t> positions = testing::ProbePositions(before, 60, v);
+    for (uint64_t p : testing::ProbePositions(after, 60, v)) positions.push_back(p);
+    for (int mask = 0; mask < 8; ++mask) {
+      DispatchEntry mix;
+      mix.log2_capacity = (mask & 1) != 0 ? new_e.log2_capacity : old_e.log2_capacity;
+      mix.slot = (mask & 2) != 0 ? new_e.slot : old_e.slot;
+      mix.seq = (mask & 4) != 0 ? new_e.seq : old_e.seq;
+      ASSERT_TRUE(d->WriteIndexEntryForTesting(node, mix).has_value());
+      for (size_t i = 0; i < positions.size(); ++i) {
+        BeginCtx c;
+        c.nodeid = node;
+        c.pos = positions[i];
+        c.opflags = i % 3 == 0 ? iomap::kOpWrite : 0;
+        auto got = d->Run(c);
+        ASSERT_TRUE(got.has_value());
+        if (got->ret == kFibFallback || *got == ReferenceAnswer(before, 0, c)) continue;
+        if (*got == ReferenceAnswer(after, 0, c)) {
+          ++as_new;
+        } else if (++wrong <= 3) {
+          ADD_FAILURE() << "version " << v << " mask " << mask << " pos " << c.pos << ": "
+                        << ToString(*got);
+        }
+      }
+    }
+    ASSERT_TRUE(d->WriteIndexEntryForTesting(node, new_e).has_value());
+    EXPECT_EQ(CheckDispatch(*d, after, 300), 0u);
+  }
+  EXPECT_EQ(wrong, 0u);
+  EXPECT_GT(as_new, 0u);  // at least the unmixed new entry answers
 }
 
 // The stride shapes of the arithmetic strategy (codegen_kernel_test.cc), as files of node id
@@ -282,9 +396,15 @@ TEST(DispatcherKernel, ConcurrentLookupsDuringUpdatesSeeOldOrNew) {
     std::atomic<bool> stop{false};
     std::atomic<uint64_t> updates{0};
     std::thread writer([&] {
+      // A switch of kind waits for an RCU grace period when the old map leaves its class, but the
+      // new index entry is visible only from its write to the next install's: without a pause the
+      // file would be `other` for a few microseconds per switch, and readers might never see it.
+      const auto hold = std::chrono::microseconds(switch_kind ? 200 : 0);
       while (!stop.load()) {
         ASSERT_TRUE(d->Install(other).has_value());
+        std::this_thread::sleep_for(hold);
         ASSERT_TRUE(d->Install(a).has_value());
+        std::this_thread::sleep_for(hold);
         updates += 2;
       }
     });
