@@ -1,6 +1,7 @@
 #include "fsserver/dispatch/dispatcher.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "base/log.h"
+#include "fsserver/dispatch/kernel_control.h"
 #include "fsserver/wire/reply.h"
 #include "fsserver/wire/request.h"
 
@@ -205,6 +207,9 @@ struct Dispatcher::Context {
     if ((offered & abi::FUSE_INIT_EXT) != 0 && d.iomap_->Negotiate(offered)) {
       enabled |= abi::FUSE_IOMAP;
       minor = abi::FUSE_IOMAP_KERNEL_MINOR_VERSION;
+    } else if (d.options_.writeback_cache && !d.options_.read_only) {
+      // Classic mode only: with iomap the kernel already caches and writes the data itself.
+      enabled |= offered & abi::FUSE_WRITEBACK_CACHE;
     }
     wire::InitOutParams p;
     p.minor = minor;
@@ -334,6 +339,10 @@ struct Dispatcher::Context {
     return Reply::Of(wire::MakeOpenOut(fh, open_flags));
   }
 
+  // READ ignores the handle's access mode: with the writeback cache the kernel reads pages
+  // through whatever handle it writes back with, O_WRONLY ones included, to fill the rest of
+  // a partially written page (libfuse's passthrough examples widen O_WRONLY to O_RDWR for the
+  // same reason). Permission to read was checked by the kernel at open(2).
   Result<Reply> On(const wire::ReadReq& r) {
     std::span<std::byte> buf = Scratch(r.size);
     IOMAPFS_ASSIGN_OR_RETURN(size_t n, fs().Read(req.node, r.offset, buf));
@@ -396,7 +405,43 @@ struct Dispatcher::Context {
     return Reply::Empty();
   }
 
+  // With the writeback cache, makes the kernel write the file's dirty pages back (and drop its
+  // cached pages) before an answer that depends on the image's view of the whole file: LSEEK's
+  // SEEK_DATA/SEEK_HOLE, which the kernel sends without writing anything back first
+  // (fs/fuse/file.c fuse_lseek), and a punch or zero of FALLOCATE, which ext4 bounds by i_size
+  // (the kernel writes back only the range itself). NOTIFY_INVAL_INODE of the whole file
+  // (fuse_reverse_inval_inode -> invalidate_inode_pages2_range) launders every dirty folio,
+  // a WRITE that another worker serves, and returns once they are written; the image's EOF
+  // then is the kernel's. A worker blocked here serves nothing, so at most workers - 1 flush
+  // at once.
+  // Returns: false if dirty pages may still be in the kernel (no slot free, no kernel, or the
+  // notification failed); the answer then comes from the image as it is.
+  bool FlushKernelCache() {
+    if (!d.writeback_cache()) return true;
+    KernelControl* control = sink.control();
+    if (control == nullptr) return false;
+    if (d.flushing_.fetch_add(1, std::memory_order_acq_rel) + 1 >= d.options_.workers) {
+      d.flushing_.fetch_sub(1, std::memory_order_acq_rel);
+      LOG_WARNING(
+          "node %llu: every other worker is busy; answering without writing back the "
+          "kernel's dirty pages",
+          static_cast<unsigned long long>(req.node.value()));
+      return false;
+    }
+    std::vector<std::byte> msg = wire::EncodeNotifyInvalInode(req.node, 0, 0);
+    iovec iov{msg.data(), msg.size()};
+    Result<void> sent = control->Notify(std::span<const iovec>(&iov, 1));
+    d.flushing_.fetch_sub(1, std::memory_order_acq_rel);
+    if (!sent) {
+      LOG_WARNING("node %llu: writing back the kernel's dirty pages failed: %s",
+                  static_cast<unsigned long long>(req.node.value()), strerror(sent.error()));
+      return false;
+    }
+    return true;
+  }
+
   Result<Reply> On(const wire::LseekReq& r) {
+    (void)FlushKernelCache();
     IOMAPFS_ASSIGN_OR_RETURN(uint64_t off,
                              fs().Lseek(req.node, r.offset, static_cast<int>(r.whence)));
     return Reply::Of(wire::MakeLseekOut(off));
@@ -500,9 +545,19 @@ struct Dispatcher::Context {
     return Reply::Of(wire::MakeAttrOut(ToFuseAttr(a), attr_timeout()));
   }
 
+  // WRITE goes to r.offset as given, never to the image's EOF: with the writeback cache the
+  // kernel owns i_size and resolves O_APPEND positions itself, and writeback WRITEs may start
+  // past the image's EOF (the file grows to offset + size). The open flags (O_APPEND) are not
+  // consulted. The kernel also owns mtime and ctime then: it set them when write(2) dirtied
+  // the pages and sends them with SETATTR (fuse_write_inode) after the pages, so the write
+  // leaves the image's times alone (one inode write less per WRITE).
   Result<Reply> On(const wire::WriteReq& r) {
     bool kill = (r.write_flags & abi::FUSE_WRITE_KILL_SUIDGID) != 0;
-    IOMAPFS_ASSIGN_OR_RETURN(size_t n, fs().Write(req.node, r.offset, r.data, false, kill));
+    IOMAPFS_ASSIGN_OR_RETURN(size_t n, fs().Write(req.node, r.offset, r.data, false, kill,
+                                                  /*update_times=*/!d.writeback_cache()));
+    // A write-back ignores a short count (the pages are marked clean all the same): the one
+    // short write ext4 has, at the largest file size, must be an error (for fsync and close).
+    if (d.writeback_cache() && n < r.data.size()) return Unexpected(EFBIG);
     return Reply::Of(wire::MakeWriteOut(static_cast<uint32_t>(n)));
   }
 
@@ -516,12 +571,18 @@ struct Dispatcher::Context {
     return Reply::Empty();
   }
   Result<Reply> On(const wire::FallocateReq& r) {
+    if ((r.mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) != 0) (void)FlushKernelCache();
     IOMAPFS_TRY(fs().Fallocate(req.node, r.mode, r.offset, r.length));
     return Reply::Empty();
   }
 
   // copy_file_range(2) through the filesystem's own read and write (no reflink in ext4).
   Result<Reply> On(const wire::CopyFileRangeReq& r) {
+    // With the writeback cache the kernel writes back only the copied ranges before sending
+    // this; the source's EOF here can still lag the kernel's (dirty pages past the range), so
+    // a copy from the image could come up short. ENOSYS: the kernel copies through its page
+    // cache instead (generic splice copy).
+    if (d.writeback_cache()) return Unexpected(ENOSYS);
     uint64_t len = r.wide ? r.len : std::min<uint64_t>(r.len, 0xfffff000u);
     uint64_t done = 0;
     constexpr size_t kChunk = 1 << 20;

@@ -16,6 +16,7 @@
 #include "fsserver/dispatch/handler.h"
 #include "fsserver/dispatch/iomap_handler.h"
 #include "fsserver/ext4/filesystem.h"
+#include "fsserver/wire/fuse_abi.h"
 
 namespace iomapfs::dispatch {
 
@@ -34,6 +35,16 @@ struct DispatcherOptions {
   // Largest WRITE payload / READ size negotiated (FUSE_MAX_PAGES; the kernel clamps to its
   // fs.fuse.max_pages_limit).
   uint32_t max_io_bytes = 1u << 20;
+  // Negotiate FUSE_WRITEBACK_CACHE on a read-write classic-mode connection (never read-only,
+  // never with fuse-iomap, where the kernel moves the data itself). The kernel then buffers
+  // write(2) in its page cache and owns i_size, mtime and ctime of open regular files: it sends
+  // WRITE later (writeback, fsync, close, unmount), possibly past the image's EOF, from any
+  // handle, and SETATTR with its own FATTR_MTIME/FATTR_CTIME. See README "Writeback cache".
+  bool writeback_cache = false;
+  // Request worker threads serving this dispatcher. With the writeback cache a worker may block
+  // while the kernel writes a file's dirty pages back to the others (Context::FlushKernelCache),
+  // so at most workers - 1 do that at once.
+  int workers = 4;
   // fuse-iomap mode, used when the kernel offers FUSE_IOMAP (iomap_handler.h).
   IomapOptions iomap;
 };
@@ -57,6 +68,8 @@ class Dispatcher final : public RequestHandler {
   bool initialized() const { return minor_.load(std::memory_order_acquire) != 0; }
   uint32_t minor() const { return minor_.load(std::memory_order_acquire); }
   uint64_t init_flags() const { return init_flags_.load(std::memory_order_acquire); }
+  // True once INIT negotiated FUSE_WRITEBACK_CACHE.
+  bool writeback_cache() const { return (init_flags() & abi::FUSE_WRITEBACK_CACHE) != 0; }
   bool destroyed() const { return destroyed_.load(); }
   // True once SHUTDOWN_FS was handled (iomap spec §8): from then on every request answers EIO
   // except those that tear the mount down (FORGET, BATCH_FORGET, RELEASE, RELEASEDIR, FLUSH,
@@ -77,6 +90,7 @@ class Dispatcher final : public RequestHandler {
   std::atomic<uint64_t> init_flags_{0};  // flags we enabled (offered by the kernel and wanted)
   std::atomic<bool> destroyed_{false};
   std::atomic<bool> shut_down_{false};
+  std::atomic<int> flushing_{0};  // workers waiting in FlushKernelCache()
   DispatchStats stats_;
   std::unique_ptr<IomapHandler> iomap_;
 };

@@ -50,7 +50,7 @@ Result<void> WriteZeros(ext2::BlockDevice& dev, const std::vector<iomap::ZeroSpa
 }  // namespace
 
 Result<size_t> Filesystem::Write(Ino ino, uint64_t offset, std::span<const std::byte> data,
-                                 bool append, bool kill_suid_sgid) {
+                                 bool append, bool kill_suid_sgid, bool update_times) {
   if (impl_->read_only()) return Unexpected(EROFS);
   Impl& impl = *impl_;
   std::lock_guard<std::mutex> inode_lock(impl.inode_locks.For(ino));
@@ -77,10 +77,13 @@ Result<size_t> Filesystem::Write(Ino ino, uint64_t offset, std::span<const std::
     std::vector<iomap::Mapping> maps = std::move(*prepared);
     // file_modified(): the times (and suid) change when the write starts.
     auto stamp = [&]() -> Result<void> {
+      if (!update_times && !kill_suid_sgid) return {};
       IOMAPFS_ASSIGN_OR_RETURN(InodeBuf now_inode, impl.ReadLive(g, ino));
-      Timestamp now = Now();
-      SetTime(now_inode, TimeField::kMtime, now);
-      SetTime(now_inode, TimeField::kCtime, now);
+      if (update_times) {
+        Timestamp now = Now();
+        SetTime(now_inode, TimeField::kMtime, now);
+        SetTime(now_inode, TimeField::kCtime, now);
+      }
       if (kill_suid_sgid) KillSuid(now_inode);
       return WriteInode(g, ino, now_inode);
     };

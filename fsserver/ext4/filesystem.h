@@ -225,10 +225,12 @@ class Filesystem {
   // Writes data at `offset` (append: at i_size, atomically with respect to other writes of the
   // inode). Allocates through the iomap engine (unwritten first, converted once the data is on
   // the device); data moves outside the metadata lock. Clears suid/sgid when kill_suid_sgid.
+  // Sets mtime and ctime to now unless !update_times (the caller's clock owns them: the kernel's
+  // writeback cache sends its own times with SETATTR).
   // Returns: bytes written (short only on ENOSPC after some progress).
   // Errors: EFBIG, ENOSPC, EISDIR, EPERM (immutable), EIO.
   Result<size_t> Write(Ino ino, uint64_t offset, std::span<const std::byte> data, bool append,
-                       bool kill_suid_sgid);
+                       bool kill_suid_sgid, bool update_times = true);
   // fallocate(2) modes: 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE|KEEP_SIZE,
   // FALLOC_FL_ZERO_RANGE (|KEEP_SIZE). Errors: EOPNOTSUPP (other modes, or a mode the file's
   // format lacks, e.g. unwritten extents on an ext2 file), EFBIG, ENOSPC, EINVAL.

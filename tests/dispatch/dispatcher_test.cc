@@ -161,6 +161,46 @@ TEST_F(DispatcherTest, InitWithoutPosixAclAsksForDontMaskInstead) {
   EXPECT_NE(flags & abi::FUSE_DO_READDIRPLUS, 0u);
 }
 
+TEST_F(DispatcherTest, InitWritebackCacheOnlyWhenWantedOfferedAndReadWrite) {
+  struct Case {
+    bool wanted, read_only, offered, expected;
+  };
+  for (const Case& c : {Case{true, false, true, true}, Case{true, true, true, false},
+                        Case{false, false, true, false}, Case{true, false, false, false}}) {
+    DispatcherOptions opts;
+    opts.writeback_cache = c.wanted;
+    opts.read_only = c.read_only;
+    disp_ = std::make_unique<Dispatcher>(*fs_, opts);
+    uint64_t offer = 0x73fffffb | (0x5fdull << 32);
+    if (!c.offered) offer &= ~abi::FUSE_WRITEBACK_CACHE;
+    Init(45, offer);
+    auto out = BodyAs<abi::fuse_init_out>(Pop());
+    uint64_t flags = out.flags | (uint64_t{out.flags2} << 32);
+    EXPECT_EQ((flags & abi::FUSE_WRITEBACK_CACHE) != 0, c.expected)
+        << c.wanted << c.read_only << c.offered;
+    EXPECT_EQ(disp_->writeback_cache(), c.expected);
+  }
+}
+
+// With the writeback cache the source's EOF on the image may lag the kernel's: copies go
+// through the kernel's page cache instead (ENOSYS, for both opcodes).
+TEST_F(DispatcherTest, CopyFileRangeDeclinedWithWritebackCache) {
+  DispatcherOptions opts;
+  opts.writeback_cache = true;
+  opts.read_only = false;
+  disp_ = std::make_unique<Dispatcher>(*fs_, opts);
+  Init();
+  Pop();
+  uint64_t node = LookupHello();
+  abi::fuse_copy_file_range_in in{};
+  in.nodeid_out = node;
+  in.len = 5;
+  SendStruct(abi::FUSE_COPY_FILE_RANGE_64, node, in);
+  EXPECT_EQ(Pop().header.error, -ENOSYS);
+  SendStruct(abi::FUSE_COPY_FILE_RANGE, node, in);
+  EXPECT_EQ(Pop().header.error, -ENOSYS);
+}
+
 TEST_F(DispatcherTest, InitWithOlderKernelUsesItsMinorAndOfferedFlagsOnly) {
   Init(38, abi::FUSE_ASYNC_READ | abi::FUSE_MAX_PAGES);  // no INIT_EXT: high bits ignored
   auto out = BodyAs<abi::fuse_init_out>(Pop());
