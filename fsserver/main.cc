@@ -79,8 +79,8 @@ constexpr char kUsage[] =
     "  threads=N          request worker threads (default 4)\n"
     "  writeback_cache, no_writeback_cache\n"
     "                     with rw (classic mode; never with iomap): let the kernel buffer\n"
-    "                     writes in its page cache and send them later (the default), or\n"
-    "                     send every write(2) to the server at once. With the cache, write\n"
+    "                     writes in its page cache and send them later, or send every\n"
+    "                     write(2) to the server at once (the default). With the cache, write\n"
     "                     errors of buffered data (ENOSPC, EIO) are reported by fsync(2) and\n"
     "                     close(2), not by write(2); fsync, fdatasync, syncfs and unmount\n"
     "                     still write everything back. Needs threads=2 or more (off with\n"
@@ -105,7 +105,7 @@ struct CliOptions {
   int fakeroot = 0;
   int allow_other = 0;
   int norecovery = 0;
-  int writeback_cache = -1;  // -1: the default (on for rw)
+  int writeback_cache = 0;  // off unless -o writeback_cache
   int foreground = 0;
   int debug = 0;
   int help = 0;
@@ -366,15 +366,15 @@ int Serve(CliOptions& cli) {
     dopts.entry_timeout_sec = 1;
     dopts.attr_timeout_sec = 1;
   }
-  // The writeback cache: on by default for rw (README "Writeback cache"); the dispatcher
-  // negotiates it only in classic mode.
+  // The writeback cache: asked for with -o writeback_cache (README "Writeback cache"); the
+  // dispatcher negotiates it only in classic mode.
   // It needs a second worker: one may wait while another serves the WRITEs of a write-back it
   // asked for (dispatcher.h).
   if (cli.writeback_cache == 1 && threads < 2) {
     fprintf(stderr, "iomapfs: writeback_cache needs threads=2 or more\n");
     return 2;
   }
-  dopts.writeback_cache = read_write && cli.writeback_cache != 0 && threads >= 2;
+  dopts.writeback_cache = read_write && cli.writeback_cache == 1;
   dopts.workers = static_cast<int>(threads);
   dopts.debug = cli.debug != 0;
   // Under fakeroot the kernel must not check permissions with the caller's real credentials:

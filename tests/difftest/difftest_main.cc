@@ -29,7 +29,7 @@ constexpr const char* kDefaultIomapfs = "";
 constexpr char kUsage[] =
     "usage: difftest --seed N --ops M [--kernel-only] [--keep] [--iomapfs PATH]\n"
     "                [--check-every K] [--remount-every R] [--blocks] [--dir-size]\n"
-    "                [--no-seek] [--trace] [--tmpdir DIR]\n"
+    "                [--no-seek] [--trace] [--tmpdir DIR] [--options OPTS]\n"
     "\n"
     "Runs M random filesystem operations of seed N in lockstep on kernel ext4 (loop device)\n"
     "and on an iomapfs -o rw mount, comparing every result, the trees every K ops (default\n"
@@ -40,6 +40,7 @@ constexpr char kUsage[] =
     "  --kernel-only   the tree under test is kernel ext4 too (checks the tester itself)\n"
     "  --keep          keep the work directory with both images\n"
     "  --iomapfs PATH  the server binary (default: the one built with this tool)\n"
+    "  --options OPTS  iomapfs mount options (default: rw), e.g. rw,writeback_cache\n"
     "  --blocks        also compare st_blocks\n"
     "  --dir-size      also compare directory sizes\n"
     "  --no-seek       do not compare SEEK_DATA/SEEK_HOLE offsets\n"
@@ -86,6 +87,9 @@ int main(int argc, char** argv) {
       ++i;
     } else if (arg == "--iomapfs" && value != nullptr) {
       options.iomapfs = value;
+      ++i;
+    } else if (arg == "--options" && value != nullptr) {
+      options.mount_options = value;
       ++i;
     } else if (arg == "--tmpdir" && value != nullptr) {
       options.tmpdir = value;

@@ -101,5 +101,20 @@ TEST(DifftestTest, IomapfsVsKernel) {
   EXPECT_GE(ops, total);
 }
 
+// The same against an iomapfs mount with the writeback cache (-o rw,writeback_cache): the kernel
+// buffers writes and owns sizes and times; results, errno values and trees must still match.
+TEST(DifftestTest, IomapfsWritebackCacheVsKernel) {
+  if (std::string why = iomapfs::testing::MountTestSkipReason(Binary()); !why.empty()) {
+    GTEST_SKIP() << why;
+  }
+  HarnessOptions o = BaseOptions(EnvU64("DIFFTEST_SEED", 1) + kSeeds, kDefaultTotalOps / kSeeds);
+  o.mount_options = "rw,writeback_cache";
+  HarnessResult r = RunDifftest(o);
+  ASSERT_EQ(r.status, HarnessStatus::kPass)
+      << r.message << "\nreproduce with: " << (r.repro.empty() ? "(setup error)" : r.repro);
+  printf("%s (%.1f s)\n  %s\n", r.message.c_str(), r.seconds, r.stats.c_str());
+  EXPECT_EQ(r.ops_run, o.ops);
+}
+
 }  // namespace
 }  // namespace iomapfs::difftest

@@ -85,6 +85,9 @@ std::string ReproCommand(const HarnessOptions& options, uint64_t ops) {
     cmd += " --iomapfs " + ShellQuote(options.iomapfs);
   }
   const HarnessOptions defaults;
+  if (!options.kernel_only && options.mount_options != defaults.mount_options) {
+    cmd += " --options " + ShellQuote(options.mount_options);
+  }
   if (options.check_every != defaults.check_every) {
     cmd += " --check-every " + std::to_string(options.check_every);
   }
@@ -141,7 +144,7 @@ HarnessResult RunDifftest(const HarnessOptions& options) {
   auto mount_test = [&](bool* unsupported) -> std::string {
     *unsupported = false;
     if (options.kernel_only) return test_kernel.Mount(test_img, test_mnt, false);
-    std::string err = server.Start(options.iomapfs, test_img, test_mnt, "rw");
+    std::string err = server.Start(options.iomapfs, test_img, test_mnt, options.mount_options);
     if (err.empty()) return "";
     const std::string& out = server.output();
     if (out.find("read-write") != std::string::npos &&

@@ -25,11 +25,12 @@ namespace iomapfs::difftest {
 struct HarnessOptions {
   uint64_t seed = 1;
   uint64_t ops = 10000;
-  bool kernel_only = false;  // the tree under test is kernel ext4 too (proves the tester)
-  bool keep = false;         // keep the work directory (images) and print where it is
-  std::string iomapfs;       // the iomapfs binary
-  std::string tool;          // the difftest tool, for the repro command
-  std::string tmpdir;        // parent of the work directory; default $TMPDIR or /tmp
+  bool kernel_only = false;          // the tree under test is kernel ext4 too (proves the tester)
+  bool keep = false;                 // keep the work directory (images) and print where it is
+  std::string iomapfs;               // the iomapfs binary
+  std::string mount_options = "rw";  // iomapfs -o OPTIONS for the tree under test
+  std::string tool;                  // the difftest tool, for the repro command
+  std::string tmpdir;                // parent of the work directory; default $TMPDIR or /tmp
   uint64_t image_bytes = uint64_t{1} << 30;
   uint64_t check_every = 1000;     // tree comparison interval (RunnerOptions)
   uint64_t remount_every = 10000;  // unmount, e2fsck -fn and mount both again (RunnerOptions)

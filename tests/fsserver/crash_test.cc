@@ -8,7 +8,7 @@
 // Linux does not forward syncfs(2) to /dev/fuse servers (fuse_sync_fs() only asks servers that
 // set fc->sync_fs, i.e. virtiofs), so what makes `sync -f` durable here is that the server
 // writes every change through to the image before it replies; the test holds it to that. With
-// the writeback cache (the default for -o rw) syncfs(2) first has the kernel write its dirty
+// the writeback cache (-o writeback_cache) syncfs(2) first has the kernel write its dirty
 // pages and times back to the server and waits for the replies (sync_filesystem). A kill
 // -9 leaves the image's page cache intact, so this is a smoke test of the server, not of power
 // loss.

@@ -102,10 +102,12 @@ class WritebackTest : public ::testing::Test {
   tu::ForegroundServer server_;
 };
 
-TEST_F(WritebackTest, DefaultForRwOnlyAndOptionTurnsItOff) {
-  Mount("rw", /*expect_cache=*/true);
+TEST_F(WritebackTest, OnlyWhenAskedAndOnlyForRw) {
+  Mount("rw", /*expect_cache=*/false);  // off by default
   Unmount();
-  Mount("rw,no_writeback_cache", /*expect_cache=*/false);
+  Mount("rw,writeback_cache", /*expect_cache=*/true);
+  Unmount();
+  Mount("rw,writeback_cache,no_writeback_cache", /*expect_cache=*/false);
   Unmount();
   Mount("ro,writeback_cache", /*expect_cache=*/false);  // read-only: nothing to write back
   Unmount();
@@ -116,7 +118,7 @@ TEST_F(WritebackTest, DefaultForRwOnlyAndOptionTurnsItOff) {
 // Two O_APPEND fds of one file, interleaved: every write lands at the end, in order, although
 // the image's EOF lags the kernel's while the data sits in the page cache.
 TEST_F(WritebackTest, AppendFromTwoFdsLandsAtTheEndInOrder) {
-  Mount("rw", /*expect_cache=*/true);
+  Mount("rw,writeback_cache", /*expect_cache=*/true);
   const std::string head = Pattern(5000, 1);
   ASSERT_TRUE(tu::WriteFile(M("log"), head));
   int a = open(M("log").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
@@ -146,7 +148,7 @@ TEST_F(WritebackTest, AppendFromTwoFdsLandsAtTheEndInOrder) {
 // A write-only fd writing pieces of pages of a file whose pages are not cached: the kernel
 // must read the rest of each page (READ on the O_WRONLY handle) before it can write it back.
 TEST_F(WritebackTest, WriteOnlyFdPartialPageWrites) {
-  Mount("rw", /*expect_cache=*/true);
+  Mount("rw,writeback_cache", /*expect_cache=*/true);
   std::string expected = Pattern(5 * 4096 + 321, 2);
   ASSERT_TRUE(tu::WriteFile(M("f"), expected));
   {
@@ -196,7 +198,7 @@ TEST_F(WritebackTest, WriteOnlyFdPartialPageWrites) {
 // The kernel owns mtime while it caches a file: what stat shows at unmount (times of the
 // writes, and times set explicitly after writes) is what the image holds afterwards.
 TEST_F(WritebackTest, KernelMtimeSurvivesRemount) {
-  Mount("rw", /*expect_cache=*/true);
+  Mount("rw,writeback_cache", /*expect_cache=*/true);
   // "written": mtime from the writes alone. "set": written, then utimensat, then written
   // into the page cache again (a later write must move mtime on from the set value).
   // "set_last": written, then an explicit time, nothing after.
@@ -240,7 +242,7 @@ TEST_F(WritebackTest, KernelMtimeSurvivesRemount) {
 // and bytes stat and read showed are the image's, also for a file never fsynced (written back
 // at unmount).
 TEST_F(WritebackTest, ExtendingWritesThenFsyncGiveTheSizeOnTheImage) {
-  Mount("rw", /*expect_cache=*/true);
+  Mount("rw,writeback_cache", /*expect_cache=*/true);
   std::string synced, unsynced;
   for (const char* name : {"synced", "unsynced"}) {
     int fd = open(M(name).c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
@@ -271,7 +273,7 @@ TEST_F(WritebackTest, ExtendingWritesThenFsyncGiveTheSizeOnTheImage) {
 // A write by a user without CAP_FSETID clears S_ISUID, and S_ISGID with group execute, as on
 // kernel ext4, though the data only reaches the page cache.
 TEST_F(WritebackTest, WriteByAnotherUserKillsSuidSgid) {
-  Mount("rw", /*expect_cache=*/true);
+  Mount("rw,writeback_cache", /*expect_cache=*/true);
   for (const char* name : {"suid", "sgid_noexec"}) {
     ASSERT_TRUE(tu::WriteFile(M(name), Pattern(3000, 4)));
   }
@@ -311,7 +313,7 @@ TEST_F(WritebackTest, WriteByAnotherUserKillsSuidSgid) {
 // still dirty in the kernel: the answers are kernel ext4's (the server has the kernel write the
 // file back first).
 TEST_F(WritebackTest, SeekAndPunchSeeDirtyData) {
-  Mount("rw", /*expect_cache=*/true);
+  Mount("rw,writeback_cache", /*expect_cache=*/true);
   int fd = open(M("sparse").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
   ASSERT_GE(fd, 0);
   const std::string data = Pattern(8192, 5);
@@ -343,7 +345,7 @@ TEST_F(WritebackTest, SeekAndPunchSeeDirtyData) {
 // A full image: the buffered writes succeed, the error comes from fsync and close (README
 // "Writeback cache"), and the image stays consistent.
 TEST_F(WritebackTest, EnospcIsReportedByFsyncAndClose) {
-  Mount("rw", /*expect_cache=*/true);
+  Mount("rw,writeback_cache", /*expect_cache=*/true);
   int fd = open(M("big").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
   ASSERT_GE(fd, 0);
   const std::string chunk(1 << 20, 'x');
