@@ -42,16 +42,6 @@ namespace tu = ::iomapfs::testing;
 constexpr char kBinary[] = IOMAPFS_BINARY;
 
 // Deterministic bytes (an LCG), so each file's expected content is known.
-std::string Pattern(size_t size, uint32_t seed) {
-  std::string s(size, '\0');
-  uint32_t x = seed * 2654435761u + 1;
-  for (size_t i = 0; i < size; ++i) {
-    x = x * 1664525u + 1013904223u;
-    s[i] = static_cast<char>(x >> 24);
-  }
-  return s;
-}
-
 // Writes `data` to a new file in 64 KiB pieces; fsyncs it if asked. Returns: 0 or an errno.
 int WriteFile(const std::string& path, const std::string& data, bool fsync_it) {
   int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
@@ -137,11 +127,11 @@ TEST_F(CrashTest, KillNineMidWritesKeepsWhatWasSynced) {
   ASSERT_EQ(server.Start(kBinary, image_, mnt_, "rw"), "");
 
   // A: written, fsynced, its directory fsynced. B likewise, in a new directory.
-  const std::string a = Pattern((3 << 20) + 123, 1);
+  const std::string a = tu::RandomPattern((3 << 20) + 123, 1);
   ASSERT_EQ(WriteFile(mnt_ + "/A", a, /*fsync_it=*/true), 0);
   ASSERT_EQ(FsyncDir(mnt_), 0);
   ASSERT_EQ(mkdir((mnt_ + "/sub").c_str(), 0755), 0);
-  const std::string b = Pattern(5000, 2);
+  const std::string b = tu::RandomPattern(5000, 2);
   ASSERT_EQ(WriteFile(mnt_ + "/sub/B", b, /*fsync_it=*/true), 0);
   ASSERT_EQ(FsyncDir(mnt_ + "/sub"), 0);
   ASSERT_EQ(FsyncDir(mnt_), 0);
@@ -149,9 +139,10 @@ TEST_F(CrashTest, KillNineMidWritesKeepsWhatWasSynced) {
   constexpr int kSynced = 40;
   ASSERT_EQ(mkdir((mnt_ + "/synced").c_str(), 0755), 0);
   for (int i = 0; i < kSynced; ++i) {
-    ASSERT_EQ(WriteFile(mnt_ + "/synced/f" + std::to_string(i), Pattern(i * 3001, 100 + i),
-                        /*fsync_it=*/false),
-              0);
+    ASSERT_EQ(
+        WriteFile(mnt_ + "/synced/f" + std::to_string(i), tu::RandomPattern(i * 3001, 100 + i),
+                  /*fsync_it=*/false),
+        0);
   }
   tu::CommandResult sync = tu::Run({"sync", "-f", mnt_});
   ASSERT_EQ(sync.exit_code, 0) << sync.output;
@@ -211,7 +202,7 @@ TEST_F(CrashTest, KillNineMidWritesKeepsWhatWasSynced) {
     EXPECT_TRUE(ReadAll(k + "/sub/B") == b) << "sub/B differs from what was fsynced";
     for (int i = 0; i < kSynced; ++i) {
       const std::string name = "synced/f" + std::to_string(i);
-      EXPECT_TRUE(ReadAll(k + "/" + name) == Pattern(i * 3001, 100 + i)) << name;
+      EXPECT_TRUE(ReadAll(k + "/" + name) == tu::RandomPattern(i * 3001, 100 + i)) << name;
     }
   });
   EXPECT_EQ(kernel, "");

@@ -34,16 +34,6 @@ namespace tu = ::iomapfs::testing;
 constexpr char kBinary[] = IOMAPFS_BINARY;
 constexpr uint64_t kWritebackCacheFlag = 1ull << 16;  // FUSE_WRITEBACK_CACHE
 
-std::string Pattern(size_t size, uint32_t seed) {
-  std::string s(size, '\0');
-  uint32_t x = seed * 2654435761u + 1;
-  for (size_t i = 0; i < size; ++i) {
-    x = x * 1664525u + 1013904223u;
-    s[i] = static_cast<char>(x >> 24);
-  }
-  return s;
-}
-
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
@@ -119,7 +109,7 @@ TEST_F(WritebackTest, OnlyWhenAskedAndOnlyForRw) {
 // the image's EOF lags the kernel's while the data sits in the page cache.
 TEST_F(WritebackTest, AppendFromTwoFdsLandsAtTheEndInOrder) {
   Mount("rw,writeback_cache", /*expect_cache=*/true);
-  const std::string head = Pattern(5000, 1);
+  const std::string head = tu::RandomPattern(5000, 1);
   ASSERT_TRUE(tu::WriteFile(M("log"), head));
   int a = open(M("log").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
   int b = open(M("log").c_str(), O_RDWR | O_APPEND | O_CLOEXEC);
@@ -128,7 +118,7 @@ TEST_F(WritebackTest, AppendFromTwoFdsLandsAtTheEndInOrder) {
   std::string expected = head;
   for (int i = 0; i < 200; ++i) {
     // Sizes that cross page boundaries, from alternating fds; lseek to 0 must not matter.
-    std::string rec = Pattern(1 + (i * 737) % 6000, 10 + i);
+    std::string rec = tu::RandomPattern(1 + (i * 737) % 6000, 10 + i);
     int fd = i % 2 == 0 ? a : b;
     ASSERT_EQ(lseek(fd, 0, SEEK_SET), 0);
     ASSERT_EQ(write(fd, rec.data(), rec.size()), static_cast<ssize_t>(rec.size())) << i;
@@ -149,7 +139,7 @@ TEST_F(WritebackTest, AppendFromTwoFdsLandsAtTheEndInOrder) {
 // must read the rest of each page (READ on the O_WRONLY handle) before it can write it back.
 TEST_F(WritebackTest, WriteOnlyFdPartialPageWrites) {
   Mount("rw,writeback_cache", /*expect_cache=*/true);
-  std::string expected = Pattern(5 * 4096 + 321, 2);
+  std::string expected = tu::RandomPattern(5 * 4096 + 321, 2);
   ASSERT_TRUE(tu::WriteFile(M("f"), expected));
   {
     // Make the data durable and drop the file's clean pages, so the next writes find none.
@@ -180,7 +170,7 @@ TEST_F(WritebackTest, WriteOnlyFdPartialPageWrites) {
       {100, 7}, {4096 + 4000, 300}, {3 * 4096 + 1, 1}, {5 * 4096 + 300, 40}, {9 * 4096 + 5, 10}};
   int seed = 50;
   for (const Piece& p : pieces) {
-    std::string data = Pattern(p.len, seed++);
+    std::string data = tu::RandomPattern(p.len, seed++);
     ASSERT_TRUE(PwriteAll(fd, data, p.off)) << p.off;
     if (expected.size() < p.off + p.len) expected.resize(p.off + p.len, '\0');
     expected.replace(p.off, p.len, data);
@@ -203,7 +193,7 @@ TEST_F(WritebackTest, KernelMtimeSurvivesRemount) {
   // into the page cache again (a later write must move mtime on from the set value).
   // "set_last": written, then an explicit time, nothing after.
   for (const char* name : {"written", "set", "set_last"}) {
-    ASSERT_TRUE(tu::WriteFile(M(name), Pattern(10000, 3)));
+    ASSERT_TRUE(tu::WriteFile(M(name), tu::RandomPattern(10000, 3)));
   }
   const timespec explicit_times[2] = {{1000000000, 111}, {1234567890, 123456789}};
   ASSERT_EQ(utimensat(AT_FDCWD, M("set").c_str(), explicit_times, 0), 0);
@@ -253,7 +243,7 @@ TEST_F(WritebackTest, ExtendingWritesThenFsyncGiveTheSizeOnTheImage) {
         {0, 4096}, {4096, 100}, {1 << 20, 4097}, {(3 << 20) + 17, 70000}, {50, 9}};
     int seed = 70;
     for (const auto& [off, len] : writes) {
-      std::string data = Pattern(len, seed++);
+      std::string data = tu::RandomPattern(len, seed++);
       ASSERT_TRUE(PwriteAll(fd, data, off));
       if (model.size() < off + len) model.resize(off + len, '\0');
       model.replace(off, len, data);
@@ -275,7 +265,7 @@ TEST_F(WritebackTest, ExtendingWritesThenFsyncGiveTheSizeOnTheImage) {
 TEST_F(WritebackTest, WriteByAnotherUserKillsSuidSgid) {
   Mount("rw,writeback_cache", /*expect_cache=*/true);
   for (const char* name : {"suid", "sgid_noexec"}) {
-    ASSERT_TRUE(tu::WriteFile(M(name), Pattern(3000, 4)));
+    ASSERT_TRUE(tu::WriteFile(M(name), tu::RandomPattern(3000, 4)));
   }
   ASSERT_EQ(chmod(M("suid").c_str(), 06777), 0);
   ASSERT_EQ(chmod(M("sgid_noexec").c_str(), 02766), 0);  // sgid without group x: kept
@@ -316,7 +306,7 @@ TEST_F(WritebackTest, SeekAndPunchSeeDirtyData) {
   Mount("rw,writeback_cache", /*expect_cache=*/true);
   int fd = open(M("sparse").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
   ASSERT_GE(fd, 0);
-  const std::string data = Pattern(8192, 5);
+  const std::string data = tu::RandomPattern(8192, 5);
   ASSERT_TRUE(PwriteAll(fd, data, 1 << 20));
   EXPECT_EQ(lseek(fd, 0, SEEK_DATA), 1 << 20);
   EXPECT_EQ(lseek(fd, 1 << 20, SEEK_HOLE), (1 << 20) + 8192);

@@ -25,12 +25,6 @@ namespace {
 
 namespace tu = ::iomapfs::testing;
 
-std::vector<std::byte> Pattern(size_t n, uint8_t seed) {
-  std::vector<std::byte> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = static_cast<std::byte>(seed + i * 7 + (i >> 12));
-  return v;
-}
-
 std::string Text(const std::vector<std::byte>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size());
 }
@@ -48,15 +42,15 @@ class KmodelInlineWriteTest : public ::testing::Test {
   void SetUp() override {
     const std::string src = dir_.Sub("src");
     ASSERT_EQ(mkdir(src.c_str(), 0755), 0);
-    shadow_["a"] = Pattern(100, 1);
-    shadow_["b"] = Pattern(40, 2);
-    shadow_["c"] = Pattern(60, 3);
-    shadow_["d"] = Pattern(30, 4);
-    shadow_["e"] = Pattern(50, 5);
-    shadow_["f"] = Pattern(30, 6);
-    shadow_["g"] = Pattern(70, 7);
-    shadow_["h"] = Pattern(80, 9);
-    shadow_["src.bin"] = Pattern(3 * 4096 + 123, 8);
+    shadow_["a"] = tu::BytePattern(100, 1);
+    shadow_["b"] = tu::BytePattern(40, 2);
+    shadow_["c"] = tu::BytePattern(60, 3);
+    shadow_["d"] = tu::BytePattern(30, 4);
+    shadow_["e"] = tu::BytePattern(50, 5);
+    shadow_["f"] = tu::BytePattern(30, 6);
+    shadow_["g"] = tu::BytePattern(70, 7);
+    shadow_["h"] = tu::BytePattern(80, 9);
+    shadow_["src.bin"] = tu::BytePattern(3 * 4096 + 123, 8);
     for (const auto& [name, bytes] : shadow_) {
       ASSERT_TRUE(tu::WriteFile(src + "/" + name, Text(bytes)));
     }
@@ -156,7 +150,7 @@ TEST_F(KmodelInlineWriteTest, SmallWritesGoThroughFuseWrite) {
   km.ResetCounters();
   uint8_t seed = 40;
   for (const W& w : writes) {
-    const auto data = Pattern(w.len, seed++);
+    const auto data = tu::BytePattern(w.len, seed++);
     ASSERT_TRUE(km.Write(node, w.pos, data)) << "pos " << w.pos;
     Put(shadow_["a"], w.pos, data);
     EXPECT_EQ(km.Size(node), shadow_["a"].size());
@@ -201,7 +195,7 @@ TEST_F(KmodelInlineWriteTest, ConversionByInlineWriteDropsInlineMapping) {
   auto [node, fh] = OpenInline(*h, "b");
   ASSERT_NE(node, 0u);
   km.ResetCounters();
-  const auto big = Pattern(3000, 50);
+  const auto big = tu::BytePattern(3000, 50);
   ASSERT_TRUE(km.Write(node, 20, big));
   Put(shadow_["b"], 20, big);
   EXPECT_EQ(km.counters().BeginUpcalls(), 0u) << "the write did not hit the cached INLINE mapping";
@@ -217,7 +211,7 @@ TEST_F(KmodelInlineWriteTest, ConversionByInlineWriteDropsInlineMapping) {
   // Later writes take the extent path: dirty pages, writeback (the new block's unwritten
   // conversion ends with an IOEND), no FUSE_WRITE.
   km.ResetCounters();
-  const auto more = Pattern(bs + 10, 51);
+  const auto more = tu::BytePattern(bs + 10, 51);
   ASSERT_TRUE(km.Write(node, 2000, more));
   Put(shadow_["b"], 2000, more);
   ASSERT_TRUE(km.Fsync(node, fh));
@@ -242,13 +236,13 @@ TEST_F(KmodelInlineWriteTest, ConversionByFollowingWriteDropsInlineMapping) {
   const uint64_t bs = km.block_size();
   auto [node, fh] = OpenInline(*h, "c");
   ASSERT_NE(node, 0u);
-  const auto small = Pattern(12, 60);
+  const auto small = tu::BytePattern(12, 60);
   ASSERT_TRUE(km.Write(node, 30, small));
   Put(shadow_["c"], 30, small);
   EXPECT_EQ(ServerType(*h, node, 0), iomap::MappingType::kInline);
   ExpectBytes(km, node, "c");
   ASSERT_TRUE(InlineCached(km, node));
-  const auto far = Pattern(100, 61);
+  const auto far = tu::BytePattern(100, 61);
   ASSERT_TRUE(km.Write(node, 2 * bs, far));
   Put(shadow_["c"], 2 * bs, far);
   EXPECT_FALSE(InlineCached(km, node)) << "a stale INLINE mapping stayed cached";
@@ -263,7 +257,7 @@ TEST_F(KmodelInlineWriteTest, ConversionByFollowingWriteDropsInlineMapping) {
   auto [d, dfh] = OpenInline(*h, "d");
   ASSERT_NE(d, 0u);
   km.ResetCounters();
-  const auto block = Pattern(bs, 62);
+  const auto block = tu::BytePattern(bs, 62);
   ASSERT_TRUE(km.Write(d, 0, block, /*direct=*/true));
   Put(shadow_["d"], 0, block);
   shadow_["d"].resize(bs);

@@ -20,12 +20,6 @@ namespace {
 
 namespace tu = ::iomapfs::testing;
 
-std::vector<std::byte> Pattern(size_t n, uint8_t seed) {
-  std::vector<std::byte> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = static_cast<std::byte>(seed + i * 7 + (i >> 12));
-  return v;
-}
-
 // A request body: the fixed part, then NUL-terminated names, then raw bytes.
 template <class T>
 std::vector<std::byte> Body(const T& fixed, std::initializer_list<std::string_view> names = {},
@@ -91,7 +85,7 @@ TEST_F(KmodelProtocolTest, NowaitWriteOverHoleIsEagainThenRetrySucceeds) {
   ASSERT_NE(h, nullptr);
   KernelModel& km = h->model();
   auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "nw");
-  const auto data = Pattern(64 << 10, 3);
+  const auto data = tu::BytePattern(64 << 10, 3);
   const uint64_t allocations = h->dispatcher().iomap().stats().allocations.load();
   for (bool direct : {true, false}) {
     auto w = km.Write(node, 0, data, direct, /*nowait=*/true);
@@ -102,7 +96,7 @@ TEST_F(KmodelProtocolTest, NowaitWriteOverHoleIsEagainThenRetrySucceeds) {
   ASSERT_TRUE(km.Write(node, 0, data, /*direct=*/true));  // the retry without NOWAIT
   // Overwriting allocated storage never blocks: NOWAIT succeeds.
   km.DropCaches();
-  const auto again = Pattern(64 << 10, 9);
+  const auto again = tu::BytePattern(64 << 10, 9);
   ASSERT_TRUE(km.Write(node, 0, again, /*direct=*/true, /*nowait=*/true));
   auto got = km.Read(node, 0, again.size());
   ASSERT_TRUE(got);
@@ -121,11 +115,11 @@ TEST_F(KmodelProtocolTest, FailedWritesLeaveZerosNotStaleData) {
   auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "new");
   km.FailDataWrites(true);
   const uint64_t ioends = h->dispatcher().iomap().stats().ioends.load();
-  ASSERT_TRUE(km.Write(node, 0, Pattern(1 << 20, 1)));  // lands in the page cache
-  auto f = km.Fsync(node, fh);                          // writeback fails
+  ASSERT_TRUE(km.Write(node, 0, tu::BytePattern(1 << 20, 1)));  // lands in the page cache
+  auto f = km.Fsync(node, fh);                                  // writeback fails
   ASSERT_FALSE(f);
   EXPECT_EQ(f.error(), EIO);
-  auto d = km.Write(node, 1 << 20, Pattern(256 << 10, 2), /*direct=*/true);
+  auto d = km.Write(node, 1 << 20, tu::BytePattern(256 << 10, 2), /*direct=*/true);
   ASSERT_FALSE(d);
   EXPECT_EQ(d.error(), EIO);
   EXPECT_GE(h->dispatcher().iomap().stats().ioends.load(), ioends + 2);
@@ -150,7 +144,7 @@ TEST_F(KmodelProtocolTest, FreezeUnfreezeShutdownSyncfs) {
   ASSERT_NE(h, nullptr);
   KernelModel& km = h->model();
   auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "fz");
-  const auto a = Pattern(64 << 10, 5);
+  const auto a = tu::BytePattern(64 << 10, 5);
   ASSERT_TRUE(km.Write(node, 0, a));
   ASSERT_TRUE(km.Syncfs());
   EXPECT_EQ(km.counters().Upcalls("SYNCFS"), 1u);
@@ -178,7 +172,7 @@ TEST_F(KmodelProtocolTest, FreezeUnfreezeShutdownSyncfs) {
   ASSERT_TRUE(got);
   EXPECT_EQ(*got, a);
 
-  const auto late = Pattern(64 << 10, 8);
+  const auto late = tu::BytePattern(64 << 10, 8);
   ASSERT_TRUE(km.Write(node, 2 << 20, late));  // dirty, its mapping cached
   ASSERT_TRUE(km.Shutdown());
   auto wb = km.Writeback(node);  // the IOEND (or the BEGIN) is refused
@@ -218,7 +212,7 @@ TEST_F(KmodelProtocolTest, FreezeWritesCleanSuperblockAndRefusesChanges) {
   KernelModel& km = h->model();
   const uint64_t root = abi::FUSE_ROOT_ID;
   auto [f, fh] = *km.Create(root, "f");
-  const auto data = Pattern(64 << 10, 3);
+  const auto data = tu::BytePattern(64 << 10, 3);
   ASSERT_TRUE(km.Write(f, 0, data));
   ASSERT_TRUE(km.Fsync(f, fh));
   EXPECT_EQ(SuperblockState(image_) & kValidFs, 0) << "mounted read-write: not clean";
@@ -260,7 +254,7 @@ TEST_F(KmodelProtocolTest, FreezeWritesCleanSuperblockAndRefusesChanges) {
       {"RENAME", abi::FUSE_RENAME, root, Body(rn, {"f", "g"})},
       {"SETATTR", abi::FUSE_SETATTR, f, Body(sa)},
       {"SETXATTR", abi::FUSE_SETXATTR, f, setxattr},
-      {"WRITE", abi::FUSE_WRITE, f, Body(wr, {}, Pattern(4096, 1))},
+      {"WRITE", abi::FUSE_WRITE, f, Body(wr, {}, tu::BytePattern(4096, 1))},
   };
   for (const Case& c : refused) {
     auto r = km.RawRequest(c.opcode, c.node, c.body);
@@ -291,7 +285,7 @@ TEST_F(KmodelProtocolTest, FreezeWritesCleanSuperblockAndRefusesChanges) {
 
   // Orphans keep it not clean: one the server holds, or one only the kernel counts.
   auto [o, fho] = *km.Create(root, "o");
-  ASSERT_TRUE(km.Write(o, 0, Pattern(16 << 10, 2), /*direct=*/true));
+  ASSERT_TRUE(km.Write(o, 0, tu::BytePattern(16 << 10, 2), /*direct=*/true));
   ASSERT_TRUE(km.Unlink(root, "o"));
   ASSERT_TRUE(km.Freeze(/*unlinked=*/0));
   EXPECT_EQ(SuperblockState(image_) & kValidFs, 0) << "an orphan: not clean";
@@ -327,13 +321,13 @@ TEST_F(KmodelProtocolTest, ShutdownRefusesEveryOperationButTeardown) {
   KernelModel& km = h->model();
   const uint64_t root = abi::FUSE_ROOT_ID;
   auto [f, fh] = *km.Create(root, "f");
-  const auto data = Pattern(64 << 10, 7);
+  const auto data = tu::BytePattern(64 << 10, 7);
   ASSERT_TRUE(km.Write(f, 0, data));
   ASSERT_TRUE(km.Fsync(f, fh));
   abi::fuse_mkdir_in mk{0755, 022};
   ASSERT_TRUE(km.RawRequest(abi::FUSE_MKDIR, root, Body(mk, {"d"})));
   auto [o, fho] = *km.Create(root, "orphan");
-  ASSERT_TRUE(km.Write(o, 0, Pattern(16 << 10, 1), /*direct=*/true));
+  ASSERT_TRUE(km.Write(o, 0, tu::BytePattern(16 << 10, 1), /*direct=*/true));
   ASSERT_TRUE(km.Unlink(root, "orphan"));  // open and unlinked: on the orphan list
 
   ASSERT_TRUE(km.Shutdown());
@@ -456,7 +450,7 @@ TEST_F(KmodelProtocolTest, SmallKernelCacheLimitIsRespected) {
   const uint64_t bs = km.block_size();
   std::vector<std::byte> want(64 * bs);
   for (uint64_t i = 0; i < 64; i += 2) {  // every other block: 32 extents and 32 holes
-    auto blk = Pattern(bs, static_cast<uint8_t>(i));
+    auto blk = tu::BytePattern(bs, static_cast<uint8_t>(i));
     ASSERT_TRUE(km.Write(node, i * bs, blk, /*direct=*/true));
     std::copy(blk.begin(), blk.end(), want.begin() + static_cast<ptrdiff_t>(i * bs));
   }
@@ -485,22 +479,22 @@ TEST_F(KmodelProtocolTest, SwapfileActivationAfterWrites) {
   ASSERT_NE(h, nullptr);
   KernelModel& km = h->model();
   auto [full, fh1] = *km.Create(abi::FUSE_ROOT_ID, "swap");
-  ASSERT_TRUE(km.Write(full, 0, Pattern(1 << 20, 1)));  // buffered; swapon writes it back
+  ASSERT_TRUE(km.Write(full, 0, tu::BytePattern(1 << 20, 1)));  // buffered; swapon writes it back
   auto pages = km.Swapon(full);
   ASSERT_TRUE(pages) << strerror(pages.error());
   EXPECT_EQ(*pages, (1u << 20) / 4096);
   EXPECT_TRUE(km.Swapoff(full));
 
   auto [holey, fh2] = *km.Create(abi::FUSE_ROOT_ID, "holey");
-  ASSERT_TRUE(km.Write(holey, 0, Pattern(64 << 10, 2)));
-  ASSERT_TRUE(km.Write(holey, 1 << 20, Pattern(64 << 10, 3)));
+  ASSERT_TRUE(km.Write(holey, 0, tu::BytePattern(64 << 10, 2)));
+  ASSERT_TRUE(km.Write(holey, 1 << 20, tu::BytePattern(64 << 10, 3)));
   auto s2 = km.Swapon(holey);
   ASSERT_FALSE(s2);
   EXPECT_EQ(s2.error(), EINVAL);
 
   auto [unw, fh3] = *km.Create(abi::FUSE_ROOT_ID, "unwritten");
   km.FailDataWrites(true);
-  ASSERT_TRUE(km.Write(unw, 0, Pattern(256 << 10, 4)));
+  ASSERT_TRUE(km.Write(unw, 0, tu::BytePattern(256 << 10, 4)));
   EXPECT_FALSE(km.Writeback(unw));
   km.FailDataWrites(false);
   auto report = km.BeginOp(unw, 0, 4096, abi::FUSE_IOMAP_OP_REPORT);
@@ -527,7 +521,7 @@ TEST_F(KmodelProtocolTest, UnlinkedFilesCacheNeverServesReusedBlocks) {
   ASSERT_NE(h, nullptr);
   KernelModel& km = h->model();
   auto [a, fha] = *km.Create(abi::FUSE_ROOT_ID, "a");
-  const auto da = Pattern(256 << 10, 11);
+  const auto da = tu::BytePattern(256 << 10, 11);
   ASSERT_TRUE(km.Write(a, 0, da, /*direct=*/true));
   km.DropCaches();
   ASSERT_TRUE(km.Read(a, 0, da.size()));  // fills the cache (RETRY_CACHE)
@@ -547,7 +541,7 @@ TEST_F(KmodelProtocolTest, UnlinkedFilesCacheNeverServesReusedBlocks) {
 
   ASSERT_TRUE(km.Unlink(abi::FUSE_ROOT_ID, "a"));  // a is still open and referenced
   auto [b, fhb] = *km.Create(abi::FUSE_ROOT_ID, "b");
-  const auto db = Pattern(4 << 20, 22);
+  const auto db = tu::BytePattern(4 << 20, 22);
   ASSERT_TRUE(km.Write(b, 0, db, /*direct=*/true));
   auto fb = km.Fiemap(b);
   ASSERT_TRUE(fb);
@@ -560,7 +554,7 @@ TEST_F(KmodelProtocolTest, UnlinkedFilesCacheNeverServesReusedBlocks) {
   ASSERT_TRUE(km.Evict(a));                 // FORGET: the server frees a's blocks now
   EXPECT_FALSE(km.BeginOp(a, 0, 4096, 0));  // nothing of a is left to serve
   auto [c, fhc] = *km.Create(abi::FUSE_ROOT_ID, "c");
-  const auto dc = Pattern(4 << 20, 33);
+  const auto dc = tu::BytePattern(4 << 20, 33);
   ASSERT_TRUE(km.Write(c, 0, dc, /*direct=*/true));
   auto fc = km.Fiemap(c);
   ASSERT_TRUE(fc);
@@ -583,7 +577,7 @@ TEST_F(KmodelProtocolTest, OpenWithTruncDropsMappings) {
   ASSERT_NE(h, nullptr);
   KernelModel& km = h->model();
   auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "tr");
-  ASSERT_TRUE(km.Write(node, 0, Pattern(512 << 10, 1), /*direct=*/true));
+  ASSERT_TRUE(km.Write(node, 0, tu::BytePattern(512 << 10, 1), /*direct=*/true));
   ASSERT_TRUE(km.Read(node, 0, 512 << 10));
   ASSERT_FALSE(km.CachedReadMappings(node).empty());
   ASSERT_TRUE(km.Release(node, fh));
@@ -595,7 +589,7 @@ TEST_F(KmodelProtocolTest, OpenWithTruncDropsMappings) {
   for (const abi::fuse_iomap_io& m : km.CachedReadMappings(node)) {
     EXPECT_NE(m.type, abi::FUSE_IOMAP_TYPE_MAPPED) << m.offset;
   }
-  const auto fresh = Pattern(64 << 10, 9);
+  const auto fresh = tu::BytePattern(64 << 10, 9);
   ASSERT_TRUE(km.Write(node, 0, fresh));
   auto got = km.Read(node, 0, 512 << 10);
   ASSERT_TRUE(got);
@@ -632,7 +626,7 @@ TEST_F(KmodelProtocolTest, FreedBlocksGetDevInval) {
   auto [t, fht] = *km.Create(abi::FUSE_ROOT_ID, "t");
   const uint64_t bs = km.block_size();
   for (uint64_t i = 0; i < 600; i += 2) {  // ~300 extents: the tree needs index blocks
-    ASSERT_TRUE(km.Write(t, i * bs, Pattern(bs, static_cast<uint8_t>(i)), /*direct=*/true));
+    ASSERT_TRUE(km.Write(t, i * bs, tu::BytePattern(bs, static_cast<uint8_t>(i)), /*direct=*/true));
   }
   auto before = km.Fiemap(t);
   ASSERT_TRUE(before);
@@ -646,7 +640,7 @@ TEST_F(KmodelProtocolTest, FreedBlocksGetDevInval) {
 
   // An unlinked file: its blocks are freed, and announced, at the FORGET of its last reference.
   auto [u, fhu] = *km.Create(abi::FUSE_ROOT_ID, "u");
-  ASSERT_TRUE(km.Write(u, 0, Pattern(256 << 10, 4), /*direct=*/true));
+  ASSERT_TRUE(km.Write(u, 0, tu::BytePattern(256 << 10, 4), /*direct=*/true));
   auto ue = km.Fiemap(u);
   ASSERT_TRUE(ue);
   ASSERT_TRUE(km.Release(u, fhu));
@@ -675,7 +669,7 @@ TEST_F(KmodelProtocolTest, SetBlocksizeAndNofsReachTheKernelSide) {
   EXPECT_EQ(km.counters().set_blocksize, 1u);
   EXPECT_EQ(km.device_block_size(h->dispatcher().iomap().backing_id()), km.block_size());
   auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "n");
-  ASSERT_TRUE(km.Write(node, 0, Pattern(64 << 10, 1), /*direct=*/true));
+  ASSERT_TRUE(km.Write(node, 0, tu::BytePattern(64 << 10, 1), /*direct=*/true));
   for (int i = 0; i < 20; ++i) ASSERT_TRUE(km.Read(node, 0, 4096));
   EXPECT_GE(km.counters().set_nofs, 1u);
   EXPECT_LE(km.counters().set_nofs, 2u);  // once per worker thread
@@ -788,7 +782,7 @@ TEST(KmodelInlineTest, InlineMappingsAreCachedAndDroppedWhenConverted) {
   tu::TempDir dir;
   const std::string src = dir.Sub("src"), image = dir.Sub("inline.img");
   ASSERT_EQ(mkdir(src.c_str(), 0755), 0);
-  const auto small = Pattern(100, 5), tiny = Pattern(40, 9);
+  const auto small = tu::BytePattern(100, 5), tiny = tu::BytePattern(40, 9);
   auto text = [](const std::vector<std::byte>& v) {
     return std::string(reinterpret_cast<const char*>(v.data()), v.size());
   };
@@ -835,7 +829,7 @@ TEST(KmodelInlineTest, InlineMappingsAreCachedAndDroppedWhenConverted) {
 
   // A direct write two blocks further converts the file to extents.
   const uint64_t invals = km.counters().invals;
-  const auto tail = Pattern(bs, 77);
+  const auto tail = tu::BytePattern(bs, 77);
   ASSERT_TRUE(km.Write(*node, 2 * bs, tail, /*direct=*/true));
   EXPECT_FALSE(inline_cached(*node)) << "a stale INLINE mapping stayed cached";
   EXPECT_GT(km.counters().invals, invals);
@@ -894,20 +888,20 @@ TEST_F(KmodelProtocolTest, AtomicWritesWhereAllowed) {
   auto [node, fh] = *km.Create(abi::FUSE_ROOT_ID, "at");
   EXPECT_NE(km.LatchedFlags(node) & abi::FUSE_ATTR_ATOMIC, 0u);
   const uint64_t bs = km.block_size();
-  const auto one = Pattern(bs, 1);
+  const auto one = tu::BytePattern(bs, 1);
   ASSERT_TRUE(km.AtomicWrite(node, 0, one));  // over a hole: allocated first
-  ASSERT_TRUE(km.Write(node, bs, Pattern(bs, 7), /*direct=*/true));
+  ASSERT_TRUE(km.Write(node, bs, tu::BytePattern(bs, 7), /*direct=*/true));
   auto got = km.Read(node, 0, bs);  // the cache now holds [0, 2 blocks)
   ASSERT_TRUE(got);
   EXPECT_EQ(*got, one);
   const uint64_t hits = km.counters().cache_hits;
   const uint64_t begins = km.counters().Upcalls("IOMAP_BEGIN");
-  const auto two = Pattern(bs, 2);
+  const auto two = tu::BytePattern(bs, 2);
   ASSERT_TRUE(km.AtomicWrite(node, bs, two));  // an overwrite: still an upcall, not the cache
   EXPECT_EQ(km.counters().cache_hits, hits);
   EXPECT_EQ(km.counters().Upcalls("IOMAP_BEGIN"), begins + 1);
-  EXPECT_EQ(km.AtomicWrite(node, 0, Pattern(2 * bs, 3)).error(), EINVAL);  // not one block
-  EXPECT_EQ(km.AtomicWrite(node, 512, Pattern(bs, 3)).error(), EINVAL);    // not aligned
+  EXPECT_EQ(km.AtomicWrite(node, 0, tu::BytePattern(2 * bs, 3)).error(), EINVAL);  // not one block
+  EXPECT_EQ(km.AtomicWrite(node, 512, tu::BytePattern(bs, 3)).error(), EINVAL);    // not aligned
   got = km.Read(node, 0, 2 * bs);
   ASSERT_TRUE(got);
   EXPECT_TRUE(std::equal(one.begin(), one.end(), got->begin()));
@@ -927,7 +921,7 @@ TEST_F(KmodelProtocolTest, AtomicWritesWhereAllowed) {
     EXPECT_FALSE(h2->dispatcher().iomap().atomic());
     auto [n2, fh2] = *h2->model().Create(abi::FUSE_ROOT_ID, "no" + std::to_string(unit));
     EXPECT_EQ(h2->model().LatchedFlags(n2) & abi::FUSE_ATTR_ATOMIC, 0u);
-    EXPECT_EQ(h2->model().AtomicWrite(n2, 0, Pattern(4096, 1)).error(), EOPNOTSUPP);
+    EXPECT_EQ(h2->model().AtomicWrite(n2, 0, tu::BytePattern(4096, 1)).error(), EOPNOTSUPP);
     ASSERT_TRUE(h2->model().Release(n2, fh2));
     StopAndFsck(h2);
   }
@@ -945,13 +939,13 @@ TEST_F(KmodelProtocolTest, OpenUnlinkedFilesTakeIo) {
   KernelModel& km = h->model();
   auto [first, fh1] = *km.Create(abi::FUSE_ROOT_ID, "first");
   auto [second, fh2] = *km.Create(abi::FUSE_ROOT_ID, "second");
-  const auto d1 = Pattern(64 << 10, 5);
+  const auto d1 = tu::BytePattern(64 << 10, 5);
   ASSERT_TRUE(km.Write(first, 0, d1, /*direct=*/true));
   ASSERT_TRUE(km.Unlink(abi::FUSE_ROOT_ID, "first"));
   ASSERT_TRUE(km.Unlink(abi::FUSE_ROOT_ID, "second"));
   for (uint64_t node : {first, second}) {
     const uint64_t begins = km.counters().BeginUpcalls();
-    const auto data = Pattern(192 << 10, static_cast<uint8_t>(node));
+    const auto data = tu::BytePattern(192 << 10, static_cast<uint8_t>(node));
     auto w = km.Write(node, 4096, data, /*direct=*/true);  // allocates: BEGIN + IOEND
     ASSERT_TRUE(w) << "node " << node << ": " << strerror(w.error());
     auto got = km.Read(node, 4096, data.size());

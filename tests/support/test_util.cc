@@ -87,4 +87,20 @@ bool WriteFile(const std::string& path, const std::string& data) {
   return static_cast<bool>(f);
 }
 
+std::string RandomPattern(size_t size, uint32_t seed) {
+  std::string s(size, '\0');
+  uint32_t x = seed * 2654435761u + 1;
+  for (size_t i = 0; i < size; ++i) {
+    x = x * 1664525u + 1013904223u;
+    s[i] = static_cast<char>(x >> 24);
+  }
+  return s;
+}
+
+std::vector<std::byte> BytePattern(size_t n, uint8_t seed) {
+  std::vector<std::byte> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<std::byte>(seed + i * 7 + (i >> 12));
+  return v;
+}
+
 }  // namespace iomapfs::testing

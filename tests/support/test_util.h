@@ -3,6 +3,7 @@
 // Thread-safety: none needed (tests are single-threaded unless they say otherwise).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -46,5 +47,10 @@ bool FsckClean(const std::string& image, std::string* output = nullptr);
 bool IsRoot();
 // Writes `data` to `path` (creating it), returns false on error.
 bool WriteFile(const std::string& path, const std::string& data);
+
+// Deterministic test data. RandomPattern: `size` pseudo-random bytes from `seed` (an LCG).
+// BytePattern: `n` bytes of a slowly varying sequence from `seed` (no two 4 KiB pages alike).
+std::string RandomPattern(size_t size, uint32_t seed);
+std::vector<std::byte> BytePattern(size_t n, uint8_t seed);
 
 }  // namespace iomapfs::testing
