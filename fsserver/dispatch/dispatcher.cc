@@ -630,7 +630,6 @@ struct Dispatcher::Context {
   // §8: flush what is in memory so that the image is consistent as of now (fuse4fs and ext4's
   // EXT4_GOING_FLAGS_DEFAULT sync first), then refuse every later operation (Handle()).
   Result<Reply> On(const wire::ShutdownReq&) {
-    IOMAPFS_TRY(d.iomap_->Shutdown());
     if (!d.shut_down_.exchange(true, std::memory_order_acq_rel)) {
       LOG_WARNING("SHUTDOWN_FS: the filesystem refuses every further operation with EIO");
       if (Result<void> s = fs().SyncFs(); !s) {

@@ -67,30 +67,34 @@ void SetNofsOnce(ReplySink& sink) {
   }
 }
 
-// statx(2) STATX_WRITE_ATOMIC of `fd` (Linux 6.11 uapi; raw, as older headers lack the fields).
-// Returns: {unit_min, unit_max}, {0, 0} when the file reports no untorn writes.
-std::pair<uint32_t, uint32_t> DeviceAtomicUnits(int fd) {
+// statx(2) of `fd` asking for `mask`, raw (older headers lack the newer fields): whether the
+// kernel reported all of `mask`; the two u32 fields at byte offsets `first` and `second` of
+// struct statx (include/uapi/linux/stat.h) go to *a and *b.
+bool StatxPair(int fd, uint32_t mask, size_t first, size_t second, uint32_t* a, uint32_t* b) {
   alignas(8) unsigned char buf[256] = {};  // struct statx
-  if (::syscall(SYS_statx, fd, "", AT_EMPTY_PATH, kStatxWriteAtomic, buf) != 0) return {0, 0};
-  uint32_t mask, unit_min, unit_max;
-  std::memcpy(&mask, buf, sizeof(mask));                // stx_mask
-  std::memcpy(&unit_min, buf + 168, sizeof(unit_min));  // stx_atomic_write_unit_min
-  std::memcpy(&unit_max, buf + 172, sizeof(unit_max));  // stx_atomic_write_unit_max
-  if ((mask & kStatxWriteAtomic) == 0) return {0, 0};
+  if (::syscall(SYS_statx, fd, "", AT_EMPTY_PATH, mask, buf) != 0) return false;
+  uint32_t got;
+  std::memcpy(&got, buf, sizeof(got));  // stx_mask
+  std::memcpy(a, buf + first, sizeof(*a));
+  std::memcpy(b, buf + second, sizeof(*b));
+  return (got & mask) == mask;
+}
+
+// STATX_WRITE_ATOMIC of `fd` (Linux 6.11 uapi). Returns: {unit_min, unit_max}, {0, 0} when the
+// file reports no untorn writes.
+std::pair<uint32_t, uint32_t> DeviceAtomicUnits(int fd) {
+  uint32_t unit_min = 0, unit_max = 0;  // stx_atomic_write_unit_min, _max
+  if (!StatxPair(fd, kStatxWriteAtomic, 168, 172, &unit_min, &unit_max)) return {0, 0};
   return {unit_min, unit_max};
 }
 
-// statx(2) of `fd`: STATX_DIOALIGN (Linux 6.1 uapi, raw like DeviceAtomicUnits). A device that
+// STATX_DIOALIGN of `fd` (Linux 6.1 uapi). A device that
 // does not report it: its logical block size (BLKSSZGET) if it is a block device, else 512, the
 // smallest logical block size. Returns: {dio_mem_align, dio_offset_align}.
 std::pair<uint32_t, uint32_t> DeviceDioAlign(int fd) {
-  alignas(8) unsigned char buf[256] = {};  // struct statx
-  if (::syscall(SYS_statx, fd, "", AT_EMPTY_PATH, kStatxDioAlign, buf) == 0) {
-    uint32_t mask, mem, offset;
-    std::memcpy(&mask, buf, sizeof(mask));            // stx_mask
-    std::memcpy(&mem, buf + 152, sizeof(mem));        // stx_dio_mem_align
-    std::memcpy(&offset, buf + 156, sizeof(offset));  // stx_dio_offset_align
-    if ((mask & kStatxDioAlign) != 0 && mem != 0 && offset != 0) return {mem, offset};
+  uint32_t mem = 0, offset = 0;  // stx_dio_mem_align, stx_dio_offset_align
+  if (StatxPair(fd, kStatxDioAlign, 152, 156, &mem, &offset) && mem != 0 && offset != 0) {
+    return {mem, offset};
   }
   int logical = 0;
   struct stat st {};
@@ -408,7 +412,6 @@ Result<abi::fuse_iomap_begin_out> IomapHandler::Begin(const wire::Request& req,
                                                       const wire::IomapBeginReq& r,
                                                       ReplySink& sink) {
   if (!enabled() || backing_id() == 0) return Unexpected(EIO);
-  if (shut_down_.load()) return Unexpected(EIO);
   if (r.attr_ino != req.node) return Unexpected(EINVAL);
   stats_.begins.fetch_add(1, std::memory_order_relaxed);
   SetNofsOnce(sink);
@@ -499,7 +502,6 @@ Result<void> IomapHandler::End(const wire::Request& req, const wire::IomapEndReq
                                ReplySink& sink) {
   if (!enabled()) return Unexpected(ENOSYS);
   if (r.attr_ino != req.node) return Unexpected(EINVAL);
-  if (shut_down_.load()) return Unexpected(EIO);
   SetNofsOnce(sink);
   // §14.4: a buffered write that extended the file raises the on-disk size.
   const bool buffered_write =
@@ -523,8 +525,6 @@ Result<abi::fuse_iomap_ioend_out> IomapHandler::Ioend(const wire::Request& req,
   // §6.4: a failed I/O changes nothing: unwritten extents stay unwritten (they read as zeros)
   // and new blocks of indirect files were zeroed when they were allocated.
   if (r.error != 0) return Unexpected(r.error < 0 ? -r.error : EIO);
-  // After SHUTDOWN nothing changes on disk any more (§8): completions are refused too.
-  if (shut_down_.load()) return Unexpected(EIO);
   if ((r.flags & abi::FUSE_IOMAP_IOEND_SHARED) != 0) return Unexpected(kEfsCorrupted);
   std::lock_guard<std::mutex> inode_lock(InodeLock(req.node));
   const bool convert = (r.flags & abi::FUSE_IOMAP_IOEND_UNWRITTEN) != 0;
@@ -635,11 +635,6 @@ Result<void> IomapHandler::Freeze(uint64_t unlinked) {
 Result<void> IomapHandler::Unfreeze() {
   if (!enabled()) return Unexpected(ENOSYS);
   return fs_.Thaw();
-}
-
-Result<void> IomapHandler::Shutdown() {
-  shut_down_.store(true);
-  return {};
 }
 
 void IomapHandler::Destroy(ReplySink& sink) {

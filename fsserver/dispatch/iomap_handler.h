@@ -163,11 +163,10 @@ class IomapHandler {
   // change is refused with EROFS (allocating BEGINs too; mappings of existing storage are still
   // handed out) until UNFREEZE_FS (Filesystem::Thaw: not clean again, writable).
   // Errors: ENOSYS not in iomap mode; EIO writing the image.
-  // SHUTDOWN_FS: from then on BEGIN, END and IOEND fail with EIO (§8). The Dispatcher refuses
-  // every other operation itself (Dispatcher::shut_down()).
+  // SHUTDOWN_FS needs nothing here: the Dispatcher refuses BEGIN, END, IOEND and every other
+  // operation but teardown itself (Dispatcher::shut_down(), §8).
   Result<void> Freeze(uint64_t unlinked);
   Result<void> Unfreeze();
-  Result<void> Shutdown();
   // DESTROY: detaches BPF and drops the registration state.
   void Destroy(ReplySink& sink);
 
@@ -199,7 +198,6 @@ class IomapHandler {
   const IomapOptions options_;
   std::atomic<bool> enabled_{false};
   std::atomic<bool> atomic_{false};
-  std::atomic<bool> shut_down_{false};
   std::atomic<uint32_t> dev_{0};  // backing id from BACKING_OPEN
   uint32_t block_size_ = 0;
   // Direct I/O alignment of the registered device (§14.6), set at CONFIG before any STATX.
