@@ -287,6 +287,17 @@ class DispatchDevInvalTest : public ::testing::Test {
   std::unique_ptr<Dispatcher> disp_;
   RecordingKernel kernel_;
   std::atomic<uint64_t> next_unique_{2};
+  // Truncates `node` to 0 on a new thread, the one the DEV_INVAL hook pauses.
+  std::thread TruncateToZeroOnPausedThread(uint64_t node) {
+    return std::thread([this, node] {
+      paused_thread_.store(std::this_thread::get_id());
+      abi::fuse_setattr_in sa{};
+      sa.valid = abi::FATTR_SIZE;
+      sa.size = 0;
+      EXPECT_EQ(Call(abi::FUSE_SETATTR, node, Bytes(sa)).error, 0);
+    });
+  }
+
   std::atomic<std::thread::id> paused_thread_{};
   Gate gate_;
 };
@@ -302,13 +313,7 @@ TEST_F(DispatchDevInvalTest, BeginReusingFreedBlocksAnnouncesThemFirst) {
   ASSERT_FALSE(a_blocks.empty());
   const size_t before = kernel_.events().size();
 
-  std::thread freeing([&] {
-    paused_thread_.store(std::this_thread::get_id());
-    abi::fuse_setattr_in sa{};
-    sa.valid = abi::FATTR_SIZE;
-    sa.size = 0;
-    EXPECT_EQ(Call(abi::FUSE_SETATTR, a, Bytes(sa)).error, 0);
-  });
+  std::thread freeing = TruncateToZeroOnPausedThread(a);
   gate_.WaitArrived();  // a's blocks are free; their DEV_INVAL is not sent
   Event r = BeginOp(b, 0, 256 << 10, abi::FUSE_IOMAP_OP_WRITE | abi::FUSE_IOMAP_OP_DIRECT);
   EXPECT_EQ(r.error, 0);
@@ -329,13 +334,7 @@ TEST_F(DispatchDevInvalTest, BeginWaitsForDevInvalInFlightOnAnotherThread) {
   ASSERT_FALSE(a_blocks.empty());
   const size_t before = kernel_.events().size();
 
-  std::thread freeing([&] {
-    paused_thread_.store(std::this_thread::get_id());
-    abi::fuse_setattr_in sa{};
-    sa.valid = abi::FATTR_SIZE;
-    sa.size = 0;
-    EXPECT_EQ(Call(abi::FUSE_SETATTR, a, Bytes(sa)).error, 0);
-  });
+  std::thread freeing = TruncateToZeroOnPausedThread(a);
   gate_.WaitArrived();  // a's freed ranges are taken and not sent
   const uint64_t begin_unique = next_unique_.load();
   std::thread allocating(

@@ -68,13 +68,6 @@ int FsyncDir(const std::string& path) {
   return err;
 }
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // The writer killed along with the server: files of 256 KiB in noise/, with renames and
 // unlinks among them, until a call fails (the connection is gone). Never returns.
 [[noreturn]] void WriteNoise(const std::string& mnt) {
@@ -198,11 +191,11 @@ TEST_F(CrashTest, KillNineMidWritesKeepsWhatWasSynced) {
   EXPECT_TRUE(tu::FsckClean(image_, &fsck)) << fsck;
 
   std::string kernel = tu::WithKernelMount(image_, dir_.Sub("kmnt"), [&](const std::string& k) {
-    EXPECT_TRUE(ReadAll(k + "/A") == a) << "A differs from what was fsynced";
-    EXPECT_TRUE(ReadAll(k + "/sub/B") == b) << "sub/B differs from what was fsynced";
+    EXPECT_TRUE(tu::ReadAll(k + "/A") == a) << "A differs from what was fsynced";
+    EXPECT_TRUE(tu::ReadAll(k + "/sub/B") == b) << "sub/B differs from what was fsynced";
     for (int i = 0; i < kSynced; ++i) {
       const std::string name = "synced/f" + std::to_string(i);
-      EXPECT_TRUE(ReadAll(k + "/" + name) == tu::RandomPattern(i * 3001, 100 + i)) << name;
+      EXPECT_TRUE(tu::ReadAll(k + "/" + name) == tu::RandomPattern(i * 3001, 100 + i)) << name;
     }
   });
   EXPECT_EQ(kernel, "");

@@ -23,17 +23,6 @@ using tu::TempDir;
 
 const std::string kBinary = IOMAPFS_BINARY;
 
-// Waits until `pred` holds, up to `secs`.
-template <class Pred>
-bool WaitFor(Pred pred, int secs = 10) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(secs);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return pred();
-}
-
 class LifecycleTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -55,13 +44,13 @@ class LifecycleTest : public ::testing::Test {
             static_cast<char*>(nullptr));
       _exit(127);
     }
-    EXPECT_TRUE(WaitFor([&] { return tu::IsMountPoint(mnt_); })) << "mount did not appear";
+    EXPECT_TRUE(tu::WaitFor([&] { return tu::IsMountPoint(mnt_); })) << "mount did not appear";
     return pid;
   }
 
   int WaitExit(pid_t pid) {
     int status = 0;
-    bool exited = WaitFor([&] { return waitpid(pid, &status, WNOHANG) == pid; });
+    bool exited = tu::WaitFor([&] { return waitpid(pid, &status, WNOHANG) == pid; });
     if (!exited) {
       kill(pid, SIGKILL);
       waitpid(pid, &status, 0);
@@ -114,7 +103,7 @@ TEST_F(LifecycleTest, DaemonServesAndExitsOnUnmount) {
   f.close();
   ASSERT_EQ(tu::Run({"umount", mnt_}).exit_code, 0);
   // The daemon must be gone: no process still holds the image open for writing or reading.
-  EXPECT_TRUE(WaitFor([&] {
+  EXPECT_TRUE(tu::WaitFor([&] {
     return tu::Run({"fuser", image_}).exit_code != 0;
   })) << "server still running after unmount";
 }

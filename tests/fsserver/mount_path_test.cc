@@ -66,21 +66,6 @@ bool FindMount(const std::string& mountpoint, MountEntry* out) {
   return false;
 }
 
-template <class Pred>
-bool WaitFor(Pred pred, int secs = 10) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(secs);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return pred();
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 // The errno of `request` on a fresh, unbound /dev/fuse fd (0: accepted).
 int ProbeUnboundIoctl(unsigned long request) {
   int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
@@ -121,10 +106,10 @@ class MountPathTest : public ::testing::Test {
       execv(cargs[0], cargs.data());
       _exit(127);
     }
-    if (!WaitFor([&] { return ReadAll(log_).find("serving ") != std::string::npos; })) {
+    if (!tu::WaitFor([&] { return tu::ReadAll(log_).find("serving ") != std::string::npos; })) {
       kill(pid, SIGKILL);
       waitpid(pid, nullptr, 0);
-      ADD_FAILURE() << "server did not report serving; log:\n" << ReadAll(log_);
+      ADD_FAILURE() << "server did not report serving; log:\n" << tu::ReadAll(log_);
       return -1;
     }
     return pid;
@@ -134,7 +119,7 @@ class MountPathTest : public ::testing::Test {
   int StopForeground(pid_t pid) {
     EXPECT_EQ(umount(mnt_.c_str()), 0) << strerror(errno);
     int status = 0;
-    if (!WaitFor([&] { return waitpid(pid, &status, WNOHANG) == pid; })) {
+    if (!tu::WaitFor([&] { return waitpid(pid, &status, WNOHANG) == pid; })) {
       kill(pid, SIGKILL);
       waitpid(pid, &status, 0);
       return -1;
@@ -199,7 +184,7 @@ TEST_F(MountPathTest, OwnMountHasTheMountTableEntryOfALibfuseMount) {
     MountEntry ours;
     ASSERT_TRUE(FindMount(mnt_, &ours));
     EXPECT_EQ(ours, oracle);
-    EXPECT_EQ(ReadAll(mnt_ + "/hello"), "hello world\n");
+    EXPECT_EQ(tu::ReadAll(mnt_ + "/hello"), "hello world\n");
     ASSERT_EQ(umount(mnt_.c_str()), 0) << strerror(errno);
     EXPECT_EQ(tu::WaitServerExit(kBinary, mnt_), "");
   }
@@ -215,9 +200,9 @@ TEST_F(MountPathTest, InitIsAnsweredInsideMount) {
   // returned; with an asynchronous INIT the reader only starts after mount(2), so it cannot.
   pid_t pid = StartForeground({"-o", "ro"});
   ASSERT_GT(pid, 0);
-  const std::string log = ReadAll(log_);
+  const std::string log = tu::ReadAll(log_);
   EXPECT_NE(log.find("INIT answered inside mount(2): synchronous INIT"), std::string::npos) << log;
-  EXPECT_EQ(ReadAll(mnt_ + "/hello"), "hello world\n");
+  EXPECT_EQ(tu::ReadAll(mnt_ + "/hello"), "hello world\n");
   EXPECT_EQ(StopForeground(pid), 0);
 }
 
@@ -239,7 +224,7 @@ TEST_F(MountPathTest, FailedInitFailsTheMountCommand) {
   EXPECT_TRUE(tu::FsckClean(image_, &fsck)) << fsck;
   r = tu::RunServer(kBinary, {image_, mnt_, "-o", "rw"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(ReadAll(mnt_ + "/hello"), "hello world\n");
+  EXPECT_EQ(tu::ReadAll(mnt_ + "/hello"), "hello world\n");
   ASSERT_EQ(umount(mnt_.c_str()), 0) << strerror(errno);
   EXPECT_EQ(tu::WaitServerExit(kBinary, mnt_), "");
   EXPECT_TRUE(tu::FsckClean(image_, &fsck)) << fsck;
@@ -251,18 +236,19 @@ TEST_F(MountPathTest, AddIomapAnswerIsHandledAndTheMountServes) {
   const int probe = ProbeUnboundIoctl(kAddIomap);
   pid_t pid = StartForeground({"-d", "-o", "ro,iomap=auto"});
   ASSERT_GT(pid, 0);
-  const std::string log = ReadAll(log_);
+  const std::string log = tu::ReadAll(log_);
   const std::string expected =
       probe == 0 ? "FUSE_DEV_IOC_ADD_IOMAP accepted"
                  : std::string("FUSE_DEV_IOC_ADD_IOMAP: ") + strerror(probe) + "; classic mode";
   EXPECT_NE(log.find(expected), std::string::npos) << "expected '" << expected << "' in:\n" << log;
-  EXPECT_EQ(ReadAll(mnt_ + "/hello"), "hello world\n");
+  EXPECT_EQ(tu::ReadAll(mnt_ + "/hello"), "hello world\n");
   EXPECT_EQ(StopForeground(pid), 0);
 
   // iomap=off: the ioctl is not issued at all.
   pid = StartForeground({"-d", "-o", "ro,iomap=off"});
   ASSERT_GT(pid, 0);
-  EXPECT_EQ(ReadAll(log_).find("FUSE_DEV_IOC_ADD_IOMAP"), std::string::npos) << ReadAll(log_);
+  EXPECT_EQ(tu::ReadAll(log_).find("FUSE_DEV_IOC_ADD_IOMAP"), std::string::npos)
+      << tu::ReadAll(log_);
   EXPECT_EQ(StopForeground(pid), 0);
 }
 
@@ -280,9 +266,9 @@ TEST_F(MountPathTest, ServesAFuseFdMountedByItsParent) {
   close(dev);  // the server holds its own copy now
   ASSERT_EQ(r.exit_code, 0) << r.output;
 
-  EXPECT_EQ(ReadAll(mnt_ + "/hello"), "hello world\n");
+  EXPECT_EQ(tu::ReadAll(mnt_ + "/hello"), "hello world\n");
   ASSERT_TRUE(tu::WriteFile(mnt_ + "/written", "written through a passed fd\n"));
-  EXPECT_EQ(ReadAll(mnt_ + "/written"), "written through a passed fd\n");
+  EXPECT_EQ(tu::ReadAll(mnt_ + "/written"), "written through a passed fd\n");
   MountEntry e;
   ASSERT_TRUE(FindMount(mnt_, &e));
   EXPECT_EQ(e.fs_type, "fuse.iomapfs");

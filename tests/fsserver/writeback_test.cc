@@ -34,13 +34,6 @@ namespace tu = ::iomapfs::testing;
 constexpr char kBinary[] = IOMAPFS_BINARY;
 constexpr uint64_t kWritebackCacheFlag = 1ull << 16;  // FUSE_WRITEBACK_CACHE
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // The INIT flags the server enabled, from its debug log ("INIT: ... using 7.N flags 0x...").
 // Returns: the flags, or ~0 if the line is missing.
 uint64_t EnabledInitFlags(const std::string& log) {
@@ -127,12 +120,12 @@ TEST_F(WritebackTest, AppendFromTwoFdsLandsAtTheEndInOrder) {
     ASSERT_EQ(fstat(fd, &st), 0);
     ASSERT_EQ(static_cast<size_t>(st.st_size), expected.size()) << i;
   }
-  EXPECT_TRUE(ReadAll(M("log")) == expected);
+  EXPECT_TRUE(tu::ReadAll(M("log")) == expected);
   EXPECT_EQ(close(a), 0);
   EXPECT_EQ(close(b), 0);
-  EXPECT_TRUE(ReadAll(M("log")) == expected);
+  EXPECT_TRUE(tu::ReadAll(M("log")) == expected);
   CheckWithKernel(
-      [&](const std::string& k) { EXPECT_TRUE(ReadAll(k + "/log") == expected) << "log"; });
+      [&](const std::string& k) { EXPECT_TRUE(tu::ReadAll(k + "/log") == expected) << "log"; });
 }
 
 // A write-only fd writing pieces of pages of a file whose pages are not cached: the kernel
@@ -178,11 +171,11 @@ TEST_F(WritebackTest, WriteOnlyFdPartialPageWrites) {
   ASSERT_EQ(close(fd), 0);
   // The kernel read the rest of those pages through the write-only handle.
   EXPECT_GT(reads(), reads_before);
-  EXPECT_TRUE(ReadAll(M("f")) == expected);
+  EXPECT_TRUE(tu::ReadAll(M("f")) == expected);
   struct stat st;
   ASSERT_EQ(stat(M("f").c_str(), &st), 0);
   EXPECT_EQ(static_cast<size_t>(st.st_size), expected.size());
-  CheckWithKernel([&](const std::string& k) { EXPECT_TRUE(ReadAll(k + "/f") == expected); });
+  CheckWithKernel([&](const std::string& k) { EXPECT_TRUE(tu::ReadAll(k + "/f") == expected); });
 }
 
 // The kernel owns mtime while it caches a file: what stat shows at unmount (times of the
@@ -255,8 +248,8 @@ TEST_F(WritebackTest, ExtendingWritesThenFsyncGiveTheSizeOnTheImage) {
     ASSERT_EQ(close(fd), 0);
   }
   CheckWithKernel([&](const std::string& k) {
-    EXPECT_TRUE(ReadAll(k + "/synced") == synced);
-    EXPECT_TRUE(ReadAll(k + "/unsynced") == unsynced);
+    EXPECT_TRUE(tu::ReadAll(k + "/synced") == synced);
+    EXPECT_TRUE(tu::ReadAll(k + "/unsynced") == unsynced);
   });
 }
 
@@ -295,7 +288,7 @@ TEST_F(WritebackTest, WriteByAnotherUserKillsSuidSgid) {
     EXPECT_EQ(kst.st_mode & 07777, 0777u);
     ASSERT_EQ(stat((k + "/sgid_noexec").c_str(), &kst), 0);
     EXPECT_EQ(kst.st_mode & 07777, 02766u);
-    EXPECT_EQ(ReadAll(k + "/suid")[10], 'w');
+    EXPECT_EQ(tu::ReadAll(k + "/suid")[10], 'w');
   });
 }
 
@@ -328,7 +321,7 @@ TEST_F(WritebackTest, SeekAndPunchSeeDirtyData) {
   CheckWithKernel([&](const std::string& k) {
     std::string expected(1 << 20, '\0');
     expected += data;
-    EXPECT_TRUE(ReadAll(k + "/sparse") == expected);
+    EXPECT_TRUE(tu::ReadAll(k + "/sparse") == expected);
   });
 }
 

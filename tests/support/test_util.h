@@ -3,9 +3,11 @@
 // Thread-safety: none needed (tests are single-threaded unless they say otherwise).
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace iomapfs::testing {
@@ -47,6 +49,19 @@ bool FsckClean(const std::string& image, std::string* output = nullptr);
 bool IsRoot();
 // Writes `data` to `path` (creating it), returns false on error.
 bool WriteFile(const std::string& path, const std::string& data);
+// The whole file `path` (empty if it cannot be read).
+std::string ReadAll(const std::string& path);
+
+// Polls `pred` every 20 ms until it holds, for up to `secs`. Returns: whether it held.
+template <class Pred>
+bool WaitFor(Pred pred, int secs = 10) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(secs);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return pred();
+}
 
 // Deterministic test data. RandomPattern: `size` pseudo-random bytes from `seed` (an LCG).
 // BytePattern: `n` bytes of a slowly varying sequence from `seed` (no two 4 KiB pages alike).
